@@ -1,0 +1,163 @@
+//! What the reactor reports: [`Event`], and the ids it hands out.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::cause::Cause;
+
+/// One connection, for as long as it lives.
+///
+/// A slab index plus a generation: the index is recycled, the generation never is, so an id
+/// of an ended connection never names another one. Using a stale id gives
+/// [`SendError::Stale`](crate::SendError::Stale) (or `false`), never a panic.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId {
+    pub(crate) gen_: u64,
+    pub(crate) index: u32,
+}
+
+impl ConnId {
+    /// A number unique to this connection within its reactor (the generation).
+    pub fn serial(&self) -> u64 {
+        self.gen_
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.gen_)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.gen_)
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ListenerId {
+    pub(crate) gen_: u64,
+    pub(crate) index: u32,
+}
+
+/// A user timer set with [`Reactor::set_timer`](crate::Reactor::set_timer).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TimerId(pub(crate) crate::wheel::TimerKey);
+
+/// A user source registered with [`Reactor::register_source`](crate::Reactor::register_source).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SourceId {
+    pub(crate) gen_: u64,
+    pub(crate) index: u32,
+}
+
+/// Readiness of a user source, as reported by the OS.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Readiness {
+    /// Readable (or read-closed).
+    pub readable: bool,
+    /// Writable (or write-closed).
+    pub writable: bool,
+    /// Error readiness.
+    pub error: bool,
+    /// The peer closed its writing side / the read half is closed.
+    pub read_closed: bool,
+}
+
+/// Everything the reactor tells its owner. Events of one connection arrive in the order they
+/// happened; the last one of every connection is exactly one [`Event::Disconnected`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener accepted a connection.
+    Accepted {
+        /// The listener that accepted it.
+        listener: ListenerId,
+        /// The new connection.
+        conn: ConnId,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// An outgoing [`connect`](crate::Reactor::connect) completed.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Bytes from the peer: as they arrived (`Framing::Raw`), or one whole frame's payload
+    /// (`Framing::LengthDelimited`). Never empty. A slice of the reactor's read buffer,
+    /// handed over without a copy.
+    Data {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// The peer finished sending (half-close) and the connection asked to be told
+    /// ([`ConnConfig::half_close`](crate::ConnConfig::half_close)): everything it sent has
+    /// been delivered; we may still send, then [`close`](crate::Reactor::close).
+    PeerHalfClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The outbound queue rose to the high watermark: stop producing for this peer.
+    WriteBlocked {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes queued at the crossing.
+        queued: usize,
+    },
+    /// The outbound queue fell back to the low watermark after a `WriteBlocked`.
+    Writable {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Nothing was sent for the heartbeat interval on a connection whose framing has no
+    /// built-in ping (`Raw`): send your protocol's own ping now.
+    HeartbeatDue {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection ended. Always the last event of a connection, exactly once.
+    Disconnected {
+        /// The connection (now stale).
+        conn: ConnId,
+        /// Why.
+        cause: Cause,
+    },
+    /// A user timer fired.
+    Timer {
+        /// The timer.
+        id: TimerId,
+        /// The tag given to [`set_timer`](crate::Reactor::set_timer).
+        tag: u64,
+    },
+    /// A user-registered source is ready.
+    Source {
+        /// The source.
+        id: SourceId,
+        /// Its readiness.
+        readiness: Readiness,
+    },
+}
+
+impl Event {
+    /// The connection this event is about, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Event::Accepted { conn, .. }
+            | Event::Connected { conn }
+            | Event::Data { conn, .. }
+            | Event::PeerHalfClosed { conn }
+            | Event::WriteBlocked { conn, .. }
+            | Event::Writable { conn }
+            | Event::HeartbeatDue { conn }
+            | Event::Disconnected { conn, .. } => Some(*conn),
+            Event::Timer { .. } | Event::Source { .. } => None,
+        }
+    }
+}
+

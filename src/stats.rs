@@ -1,0 +1,104 @@
+//! Always-on counters: what the loop is doing, without a profiler.
+
+use crate::cause::Cause;
+
+/// Connections ended, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DisconnectCounts {
+    /// [`Cause::PeerClosed`].
+    pub peer_closed: u64,
+    /// [`Cause::Reset`].
+    pub reset: u64,
+    /// [`Cause::HeartbeatTimeout`].
+    pub heartbeat_timeout: u64,
+    /// [`Cause::TimedOut`].
+    pub timed_out: u64,
+    /// [`Cause::SlowPeer`].
+    pub slow_peer: u64,
+    /// [`Cause::ConnectRefused`].
+    pub connect_refused: u64,
+    /// [`Cause::ConnectTimeout`].
+    pub connect_timeout: u64,
+    /// [`Cause::Protocol`].
+    pub protocol: u64,
+    /// [`Cause::Io`] and anything else.
+    pub io: u64,
+    /// [`Cause::Closed`].
+    pub closed: u64,
+}
+
+impl DisconnectCounts {
+    pub(crate) fn count(&mut self, cause: &Cause) {
+        let slot = match cause {
+            Cause::PeerClosed | Cause::PeerHalfClosed => &mut self.peer_closed,
+            Cause::Reset => &mut self.reset,
+            Cause::HeartbeatTimeout { .. } => &mut self.heartbeat_timeout,
+            Cause::TimedOut => &mut self.timed_out,
+            Cause::SlowPeer { .. } => &mut self.slow_peer,
+            Cause::ConnectRefused => &mut self.connect_refused,
+            Cause::ConnectTimeout => &mut self.connect_timeout,
+            Cause::Protocol(_) => &mut self.protocol,
+            Cause::Closed => &mut self.closed,
+            Cause::Io(_) | Cause::Rejected => &mut self.io,
+        };
+        *slot += 1;
+    }
+
+    /// All disconnects.
+    pub fn total(&self) -> u64 {
+        self.peer_closed
+            + self.reset
+            + self.heartbeat_timeout
+            + self.timed_out
+            + self.slow_peer
+            + self.connect_refused
+            + self.connect_timeout
+            + self.protocol
+            + self.io
+            + self.closed
+    }
+}
+
+/// Counters kept by the reactor ([`Reactor::stats`](crate::Reactor::stats)). Plain integers,
+/// updated on the loop thread; reading them costs nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Loop turns (calls into the OS poll, blocking or not).
+    pub turns: u64,
+    /// Turns that were allowed to sleep (non-zero poll timeout): the loop's wakeups.
+    pub wakeups: u64,
+    /// OS readiness events handled.
+    pub os_events: u64,
+    /// Events handed to the owner.
+    pub events: u64,
+    /// Connections accepted by listeners.
+    pub accepted: u64,
+    /// Connections turned away at `max_connections` (reset at once).
+    pub rejected: u64,
+    /// Times accepting backed off because file descriptors ran out.
+    pub accept_backoffs: u64,
+    /// Outgoing connects completed.
+    pub connected: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Connections ended, by cause.
+    pub disconnects: DisconnectCounts,
+    /// Bytes read from sockets.
+    pub bytes_read: u64,
+    /// Bytes written to sockets.
+    pub bytes_written: u64,
+    /// Bytes queued for writing now, across all connections.
+    pub bytes_queued: u64,
+    /// Largest `bytes_queued` seen.
+    pub bytes_queued_peak: u64,
+    /// `write`/`writev` calls.
+    pub write_calls: u64,
+    /// `read` calls.
+    pub read_calls: u64,
+    /// Heartbeat pings sent or requested (`HeartbeatDue`).
+    pub pings: u64,
+    /// Sends refused (hard limit or total cap with the `Reject` policy).
+    pub sends_rejected: u64,
+}
