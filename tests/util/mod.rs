@@ -1,0 +1,214 @@
+//! Helpers shared by the integration tests: spawning peer processes (the `peer` and other
+//! examples) and driving a reactor until an event shows up.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use heartloop::{Event, Reactor};
+
+/// Path of a built example binary (`peer`, `echo`, ...), building it on first use when
+/// `cargo test` was run with a filter that skipped building examples.
+#[track_caller]
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/examples/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !bin.exists() {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--example", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo build --example");
+        assert!(st.success(), "building example {name} failed");
+    }
+    bin
+}
+
+/// A child process whose stdout lines are collected; killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Spawn `program args...`.
+    pub fn spawn(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Proc::from_command(cmd)
+    }
+
+    /// Spawn the `peer` example with `args`.
+    pub fn peer(args: &[&str]) -> Proc {
+        Proc::spawn(example_bin("peer"), args)
+    }
+
+    pub fn from_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines: rx, seen: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for a stdout line starting with `prefix`; returns the rest of the line.
+    #[track_caller]
+    pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        match self.wait_line(prefix, timeout) {
+            Some(rest) => rest,
+            None => panic!(
+                "no line starting with {prefix:?} within {timeout:?}; saw {:?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Like `expect_line`, but `None` on timeout or exit.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    /// Send a signal by name (`KILL`, `STOP`, `CONT`, `TERM`) to this child only.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// CPU time (user + system) the process used so far, from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time (user + system) of a process, from /proc/<pid>/stat.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are fields 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    static HZ: OnceLock<u64> = OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    });
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Resident set size of this process in KiB (VmRSS).
+pub fn rss_kib() -> u64 {
+    rss_kib_of("self")
+}
+
+/// Resident set size of a process in KiB (VmRSS), `who` = pid or "self".
+pub fn rss_kib_of(who: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{who}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Poll `r` until `pred` matches an event or `timeout` passes. Every event seen is kept in
+/// `log`. Returns the matching event and the instant the turn that produced it returned.
+pub fn poll_until(
+    r: &mut Reactor,
+    log: &mut Vec<Event>,
+    timeout: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Option<(Event, Instant)> {
+    let end = Instant::now() + timeout;
+    let mut evs = Vec::new();
+    loop {
+        let left = end.checked_duration_since(Instant::now())?;
+        r.poll(&mut evs, Some(left.min(Duration::from_millis(50)))).expect("poll");
+        let at = Instant::now();
+        let mut hit = None;
+        for ev in evs.drain(..) {
+            if hit.is_none() && pred(&ev) {
+                hit = Some(ev.clone());
+            }
+            log.push(ev);
+        }
+        if let Some(ev) = hit {
+            return Some((ev, at));
+        }
+    }
+}
+
+/// `poll_until`, panicking with the events seen when nothing matched.
+#[track_caller]
+pub fn expect_event(
+    r: &mut Reactor,
+    log: &mut Vec<Event>,
+    timeout: Duration,
+    what: &str,
+    pred: impl FnMut(&Event) -> bool,
+) -> (Event, Instant) {
+    match poll_until(r, log, timeout, pred) {
+        Some(x) => x,
+        None => panic!("no {what} within {timeout:?}; events: {log:?}"),
+    }
+}
+
+/// Poll for `d`, collecting every event.
+pub fn poll_for(r: &mut Reactor, log: &mut Vec<Event>, d: Duration) {
+    let _ = poll_until(r, log, d, |_| false);
+}
