@@ -177,6 +177,9 @@ pub struct ReactorConfig {
     /// Heartbeat deadlines are rounded up to a multiple of this, so that many connections
     /// share a wakeup. Default: 10 ms (at most 100 heartbeat wakeups per second).
     pub heartbeat_slack: Duration,
+    /// Most [`Handle`](crate::Handle) commands waiting at once; more are refused with
+    /// [`HandleError::Full`](crate::HandleError::Full). Default: 1,048,576.
+    pub handle_queue_limit: usize,
 }
 
 impl Default for ReactorConfig {
@@ -188,6 +191,7 @@ impl Default for ReactorConfig {
             total_queued_limit: 1 << 30,
             total_queued_policy: OverflowPolicy::Reject,
             heartbeat_slack: Duration::from_millis(10),
+            handle_queue_limit: 1 << 20,
         }
     }
 }
@@ -216,6 +220,12 @@ impl ReactorConfig {
     pub fn total_queued_limit(mut self, bytes: usize, policy: OverflowPolicy) -> Self {
         self.total_queued_limit = bytes;
         self.total_queued_policy = policy;
+        self
+    }
+    /// Set the limit of waiting handle commands (at least 1).
+    #[must_use]
+    pub fn handle_queue_limit(mut self, n: usize) -> Self {
+        self.handle_queue_limit = n.max(1);
         self
     }
     /// Set the heartbeat coalescing slack.

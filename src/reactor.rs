@@ -16,6 +16,9 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +31,7 @@ use crate::codec::{self, Decoded, Framing, Kind};
 use crate::config::{ConnConfig, ReactorConfig};
 use crate::conn::{Conn, Phase};
 use crate::event::{ConnId, Event, ListenerId, Readiness, SourceId, TimerId};
+use crate::handle::{Command, Handle, Shared};
 use crate::heartbeat::{self, DeadlineHeap, Liveness, Verdict};
 use crate::outbound::{OverflowPolicy, PushError, Watermark};
 use crate::stats::Stats;
@@ -43,6 +47,8 @@ const MAX_IOV: usize = 64;
 const HEADER_ARENA: usize = 4096;
 /// Longest accept back-off while file descriptors stay exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// Tokens a hosted reactor may use: `token_base .. token_base + TOKEN_SPAN`.
+pub const TOKEN_SPAN: usize = 1 << 32;
 
 /// Misuse of a connection id, or a send that was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +75,10 @@ impl std::fmt::Display for SendError {
             SendError::Stale => f.write_str("no such connection (it ended or never existed)"),
             SendError::Closing => f.write_str("connection is closing"),
             SendError::Full { queued, len } => {
-                write!(f, "outbound queue full: {queued} bytes queued, {len} more refused")
+                write!(
+                    f,
+                    "outbound queue full: {queued} bytes queued, {len} more refused"
+                )
             }
         }
     }
@@ -153,6 +162,11 @@ pub struct Reactor {
     now: Instant,
     stats: Stats,
     heartbeat_conns: usize,
+    /// Shared with the handles, created by the first [`Reactor::handle`] call.
+    shared: Option<Arc<Shared>>,
+    commands: VecDeque<Command>,
+    /// A hosted turn has started (`now` was read by the first `handle_event`).
+    in_turn: bool,
 }
 
 impl Reactor {
@@ -187,7 +201,107 @@ impl Reactor {
             now,
             stats: Stats::default(),
             heartbeat_conns: 0,
+            shared: None,
+            commands: VecDeque::new(),
+            in_turn: false,
         }
+    }
+
+    /// A reactor hosted in a program that owns its own `mio::Poll`: it registers its
+    /// sockets with `registry`, using only tokens in
+    /// `token_base .. token_base + TOKEN_SPAN` (see [`owns`](Reactor::owns)). The host polls,
+    /// hands every event whose token the reactor owns to
+    /// [`handle_event`](Reactor::handle_event), then calls [`turn`](Reactor::turn) once per
+    /// poll (also when none of its events arrived), sleeping at most
+    /// [`next_timeout`](Reactor::next_timeout).
+    pub fn hosted(
+        registry: &Registry,
+        token_base: Token,
+        cfg: ReactorConfig,
+    ) -> io::Result<Reactor> {
+        Ok(Reactor::with_registry(
+            registry.try_clone()?,
+            token_base.0,
+            cfg,
+        ))
+    }
+
+    /// Whether `token` belongs to this reactor (hosted mode: which events to hand over).
+    pub fn owns(&self, token: Token) -> bool {
+        token.0.wrapping_sub(self.token_base) < TOKEN_SPAN
+    }
+
+    /// A [`Handle`] for other threads. The first call creates the waker (token
+    /// `token_base`) and the command queue.
+    pub fn handle(&mut self) -> io::Result<Handle> {
+        if self.shared.is_none() {
+            let waker = mio::Waker::new(&self.registry, Token(self.token_base))?;
+            self.shared = Some(Arc::new(Shared {
+                queue: Default::default(),
+                limit: self.cfg.handle_queue_limit,
+                woken: Default::default(),
+                gone: Default::default(),
+                waker,
+            }));
+        }
+        Ok(Handle {
+            shared: Arc::clone(self.shared.as_ref().expect("just set")),
+        })
+    }
+
+    /// Hosted mode: handle one event of the host's poll whose token this reactor
+    /// [`owns`](Reactor::owns). The first event of a turn reads the clock.
+    pub fn handle_event(&mut self, ev: &mio::event::Event) {
+        self.begin_turn();
+        self.dispatch(ev);
+    }
+
+    /// Hosted mode: finish the turn after the host handed over its events (or none):
+    /// expire timers and heartbeats, apply handle commands, flush, and append what
+    /// happened to `out`.
+    pub fn turn(&mut self, out: &mut Vec<Event>) {
+        self.begin_turn();
+        self.stats.turns += 1;
+        self.finish_turn(out);
+    }
+
+    fn begin_turn(&mut self) {
+        if !self.in_turn {
+            self.in_turn = true;
+            self.now = Instant::now();
+            self.serve_ready();
+        }
+    }
+
+    fn finish_turn(&mut self, out: &mut Vec<Event>) {
+        self.apply_commands();
+        self.after_io();
+        self.in_turn = false;
+        self.stats.events += self.pending.len() as u64;
+        out.append(&mut self.pending);
+    }
+
+    fn apply_commands(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let mut cmds = std::mem::take(&mut self.commands);
+        shared.take(&mut cmds);
+        for cmd in cmds.drain(..) {
+            let ok = match cmd {
+                Command::Send(conn, bytes) => self.send(conn, bytes).is_ok(),
+                Command::Close(conn) => self.close(conn),
+                Command::Abort(conn) => self.abort(conn),
+                Command::SetTimer(after, tag) => {
+                    self.set_timer(after, tag);
+                    true
+                }
+            };
+            if !ok {
+                self.stats.handle_dropped += 1;
+            }
+        }
+        self.commands = cmds;
     }
 
     /// The counters.
@@ -215,8 +329,12 @@ impl Reactor {
         let mut sock = TcpListener::bind(addr)?;
         let entry = self.slab.vacant_entry();
         let token = Token(self.token_base + 1 + entry.key());
-        self.registry.register(&mut sock, token, Interest::READABLE)?;
-        let id = ListenerId { gen_: self.next_gen, index: entry.key() as u32 };
+        self.registry
+            .register(&mut sock, token, Interest::READABLE)?;
+        let id = ListenerId {
+            gen_: self.next_gen,
+            index: entry.key() as u32,
+        };
         self.next_gen += 1;
         entry.insert(Entry::Listener(Listener {
             id,
@@ -277,7 +395,11 @@ impl Reactor {
                     match self.add_conn(sock, cfg, Phase::Open) {
                         Ok(conn) => {
                             self.stats.accepted += 1;
-                            self.pending.push(Event::Accepted { listener: lid, conn, peer });
+                            self.pending.push(Event::Accepted {
+                                listener: lid,
+                                conn,
+                                peer,
+                            });
                             self.set_peer(conn, peer);
                             self.start_heartbeat(conn);
                         }
@@ -339,7 +461,12 @@ impl Reactor {
         Ok(id)
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, cfg: ConnConfig, phase: Phase) -> io::Result<ConnId> {
+    fn add_conn(
+        &mut self,
+        mut sock: TcpStream,
+        cfg: ConnConfig,
+        phase: Phase,
+    ) -> io::Result<ConnId> {
         apply_socket_options(&sock, &cfg);
         let entry = self.slab.vacant_entry();
         let index = entry.key();
@@ -348,7 +475,10 @@ impl Reactor {
             Token(self.token_base + 1 + index),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let id = ConnId { gen_: self.next_gen, index: index as u32 };
+        let id = ConnId {
+            gen_: self.next_gen,
+            index: index as u32,
+        };
         self.next_gen += 1;
         entry.insert(Entry::Conn(Box::new(Conn::new(id, sock, cfg, phase))));
         self.stats.open_connections += 1;
@@ -455,10 +585,22 @@ impl Reactor {
         }
     }
 
-    fn refuse(&mut self, id: ConnId, queued: usize, len: usize, policy: OverflowPolicy) -> SendError {
+    fn refuse(
+        &mut self,
+        id: ConnId,
+        queued: usize,
+        len: usize,
+        policy: OverflowPolicy,
+    ) -> SendError {
         self.stats.sends_rejected += 1;
         if policy == OverflowPolicy::Disconnect {
-            self.end(id, Cause::SlowPeer { queued, stalled_for: Duration::ZERO });
+            self.end(
+                id,
+                Cause::SlowPeer {
+                    queued,
+                    stalled_for: Duration::ZERO,
+                },
+            );
         }
         SendError::Full { queued, len }
     }
@@ -472,7 +614,9 @@ impl Reactor {
     /// FIN. Ends with `Disconnected { cause: Closed }` once everything was handed to the
     /// kernel (or `SlowPeer` if linger ran out first). Returns `false` for a stale id.
     pub fn close(&mut self, id: ConnId) -> bool {
-        let Some(c) = self.conn_mut(id) else { return false };
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
         if c.phase == Phase::Closing {
             return true;
         }
@@ -483,7 +627,9 @@ impl Reactor {
         }
         c.phase = Phase::Closing;
         let linger = c.cfg.linger;
-        let key = self.wheel.insert(Instant::now() + linger, Timeout::Linger(id));
+        let key = self
+            .wheel
+            .insert(Instant::now() + linger, Timeout::Linger(id));
         if let Some(c) = self.conn_mut(id) {
             c.linger_timer = Some(key);
         }
@@ -494,7 +640,9 @@ impl Reactor {
     /// Close at once with a reset (`SO_LINGER` 0): queued bytes are dropped and the peer
     /// sees `ECONNRESET`. Ends with `Disconnected { cause: Closed }`. `false` if stale.
     pub fn abort(&mut self, id: ConnId) -> bool {
-        let Some(c) = self.conn_mut(id) else { return false };
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
         let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
         self.end(id, Cause::Closed);
         true
@@ -516,7 +664,9 @@ impl Reactor {
 
     /// Resume reading; what arrived meanwhile is read in the next turn.
     pub fn resume_reading(&mut self, id: ConnId) -> bool {
-        let Some(c) = self.conn_mut(id) else { return false };
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
         if c.read_paused {
             c.read_paused = false;
             if !c.in_ready {
@@ -537,14 +687,21 @@ impl Reactor {
     /// Register a mio source of the owner's (a pipe, a UDP socket, a timerfd, ...) with the
     /// reactor's poll; its readiness arrives as [`Event::Source`]. Registration is
     /// edge-triggered, as mio's always is: drain the source until `WouldBlock`.
-    pub fn register_source<S>(&mut self, source: &mut S, interest: mio::Interest) -> io::Result<SourceId>
+    pub fn register_source<S>(
+        &mut self,
+        source: &mut S,
+        interest: mio::Interest,
+    ) -> io::Result<SourceId>
     where
         S: mio::event::Source + ?Sized,
     {
         let entry = self.slab.vacant_entry();
         let token = Token(self.token_base + 1 + entry.key());
         self.registry.register(source, token, interest)?;
-        let id = SourceId { gen_: self.next_gen, index: entry.key() as u32 };
+        let id = SourceId {
+            gen_: self.next_gen,
+            index: entry.key() as u32,
+        };
         self.next_gen += 1;
         entry.insert(Entry::Source(UserSource { id }));
         Ok(id)
@@ -567,7 +724,10 @@ impl Reactor {
 
     /// Fire [`Event::Timer`] with `tag` after `after` (rounded up to the millisecond).
     pub fn set_timer(&mut self, after: Duration, tag: u64) -> TimerId {
-        TimerId(self.wheel.insert(Instant::now() + after, Timeout::User { tag }))
+        TimerId(
+            self.wheel
+                .insert(Instant::now() + after, Timeout::User { tag }),
+        )
     }
 
     /// Cancel a timer; `false` if it already fired or was cancelled.
@@ -580,7 +740,12 @@ impl Reactor {
     /// How long the loop may sleep before it has something to do: `Some(ZERO)` when work
     /// is pending, `None` when nothing at all is scheduled.
     pub fn next_timeout(&self) -> Option<Duration> {
-        if !self.pending.is_empty() || !self.ready.is_empty() || !self.dirty.is_empty() {
+        let commands = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.woken.load(Ordering::Acquire));
+        if !self.pending.is_empty() || !self.ready.is_empty() || !self.dirty.is_empty() || commands
+        {
             return Some(Duration::ZERO);
         }
         let next = match (self.wheel.next_expiration(), self.heap.peek()) {
@@ -615,15 +780,12 @@ impl Reactor {
                 return Err(e);
             }
         }
-        self.now = Instant::now();
-        self.serve_ready();
+        self.begin_turn();
         for ev in events.iter() {
             self.dispatch(ev);
         }
         self.events = events;
-        self.after_io();
-        self.stats.events += self.pending.len() as u64;
-        out.append(&mut self.pending);
+        self.finish_turn(out);
         Ok(())
     }
 
@@ -648,7 +810,10 @@ impl Reactor {
                 self.accept_ready(id);
             }
             Some(Entry::Source(s)) => {
-                self.pending.push(Event::Source { id: s.id, readiness: r });
+                self.pending.push(Event::Source {
+                    id: s.id,
+                    readiness: r,
+                });
             }
             None => {}
         }
@@ -656,7 +821,9 @@ impl Reactor {
 
     fn serve_ready(&mut self) {
         for _ in 0..self.ready.len() {
-            let Some((index, gen_)) = self.ready.pop_front() else { break };
+            let Some((index, gen_)) = self.ready.pop_front() else {
+                break;
+            };
             match self.slab.get_mut(index) {
                 Some(Entry::Conn(c)) if c.id.gen_ == gen_ => {
                     c.in_ready = false;
@@ -804,7 +971,9 @@ impl Reactor {
                     if n < want {
                         return ReadOutcome::Drained { bytes: got };
                     }
-                    let Some(c) = self.conn_mut(id) else { return ReadOutcome::Stopped };
+                    let Some(c) = self.conn_mut(id) else {
+                        return ReadOutcome::Stopped;
+                    };
                     if got >= c.cfg.read_budget {
                         if !c.in_ready {
                             c.in_ready = true;
@@ -827,10 +996,15 @@ impl Reactor {
 
     /// Turn freshly read bytes into events according to the framing.
     fn deliver(&mut self, id: ConnId, mut chunk: BytesMut) -> Result<(), ProtocolError> {
-        let Some(Entry::Conn(c)) = self.slab.get_mut(id.index as usize) else { return Ok(()) };
+        let Some(Entry::Conn(c)) = self.slab.get_mut(id.index as usize) else {
+            return Ok(());
+        };
         let max_frame = match c.cfg.framing {
             Framing::Raw => {
-                self.pending.push(Event::Data { conn: id, bytes: chunk.freeze() });
+                self.pending.push(Event::Data {
+                    conn: id,
+                    bytes: chunk.freeze(),
+                });
                 return Ok(());
             }
             Framing::LengthDelimited { max_frame } => max_frame,
@@ -841,7 +1015,11 @@ impl Reactor {
         }
         let mut pongs = 0;
         loop {
-            let buf = if in_partial { &mut c.partial } else { &mut chunk };
+            let buf = if in_partial {
+                &mut c.partial
+            } else {
+                &mut chunk
+            };
             match codec::decode(buf, max_frame)? {
                 Decoded::Frame(Kind::Data, bytes) => {
                     self.pending.push(Event::Data { conn: id, bytes });
@@ -909,7 +1087,9 @@ impl Reactor {
     /// Write as much of the queue as the kernel takes, many buffers per `writev`.
     fn flush_conn(&mut self, id: ConnId) {
         let now = self.now;
-        let Some(Entry::Conn(c)) = self.slab.get_mut(id.index as usize) else { return };
+        let Some(Entry::Conn(c)) = self.slab.get_mut(id.index as usize) else {
+            return;
+        };
         let cfg = c.cfg.outbound;
         loop {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -919,7 +1099,11 @@ impl Reactor {
             }
             let offered: usize = iov[..cnt].iter().map(|s| s.len()).sum();
             self.stats.write_calls += 1;
-            let res = if cnt == 1 { c.sock.write(&iov[0]) } else { c.sock.write_vectored(&iov[..cnt]) };
+            let res = if cnt == 1 {
+                c.sock.write(&iov[0])
+            } else {
+                c.sock.write_vectored(&iov[..cnt])
+            };
             match res {
                 Ok(n) => {
                     self.stats.bytes_written += n as u64;
@@ -969,7 +1153,10 @@ impl Reactor {
         self.wheel.advance(self.now, &mut fired);
         for (key, t) in fired.drain(..) {
             match t {
-                Timeout::User { tag } => self.pending.push(Event::Timer { id: TimerId(key), tag }),
+                Timeout::User { tag } => self.pending.push(Event::Timer {
+                    id: TimerId(key),
+                    tag,
+                }),
                 Timeout::Connect(id) => {
                     if let Some(c) = self.conn_mut(id) {
                         c.connect_timer = None;
@@ -986,7 +1173,13 @@ impl Reactor {
                         let queued = c.out.queued();
                         let cfg = c.out_cfg();
                         let stalled_for = c.out.stalled(&cfg, now).unwrap_or(c.cfg.linger);
-                        self.end(id, Cause::SlowPeer { queued, stalled_for });
+                        self.end(
+                            id,
+                            Cause::SlowPeer {
+                                queued,
+                                stalled_for,
+                            },
+                        );
                     }
                 }
                 Timeout::AcceptRetry(lid) => {
@@ -1009,7 +1202,13 @@ impl Reactor {
         let cfg = c.cfg.outbound;
         if let Some(stalled_for) = c.out.stalled(&cfg, now) {
             let queued = c.out.queued();
-            self.end(id, Cause::SlowPeer { queued, stalled_for });
+            self.end(
+                id,
+                Cause::SlowPeer {
+                    queued,
+                    stalled_for,
+                },
+            );
         } else if let Some(at) = c.out.stall_deadline(&cfg) {
             let key = self.wheel.insert(at, Timeout::Stall(id));
             if let Some(c) = self.conn_mut(id) {
@@ -1085,13 +1284,18 @@ impl Reactor {
             Some(Entry::Conn(c)) if c.id == id => {}
             _ => return,
         }
-        let Entry::Conn(c) = self.slab.remove(id.index as usize) else { unreachable!() };
+        let Entry::Conn(c) = self.slab.remove(id.index as usize) else {
+            unreachable!()
+        };
         self.stats.bytes_queued -= c.out.queued() as u64;
         self.stats.open_connections -= 1;
         if c.live.is_some() {
             self.heartbeat_conns -= 1;
         }
-        for t in [c.connect_timer, c.stall_timer, c.linger_timer].into_iter().flatten() {
+        for t in [c.connect_timer, c.stall_timer, c.linger_timer]
+            .into_iter()
+            .flatten()
+        {
             self.wheel.cancel(t);
         }
         self.stats.disconnects.count(&cause);
@@ -1140,5 +1344,37 @@ fn apply_socket_options(sock: &TcpStream, cfg: &ConnConfig) {
     }
     if let Some(n) = cfg.recv_buffer {
         apply("SO_RCVBUF", s.set_recv_buffer_size(n));
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared {
+            s.gone.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Nested mode: the fd of the reactor's poll (epoll) turns readable when one of its
+/// sockets is ready. A host loop (GUI, game loop, another reactor) watches it for
+/// readability, sleeps at most [`Reactor::next_timeout`], then runs a non-blocking turn
+/// (`poll(&mut events, Some(Duration::ZERO))`).
+///
+/// # Panics
+/// On a hosted reactor, which has no poll of its own.
+impl AsRawFd for Reactor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.poll
+            .as_ref()
+            .expect("a hosted reactor has no poll fd")
+            .as_raw_fd()
+    }
+}
+
+/// See [`AsRawFd`](#impl-AsRawFd-for-Reactor).
+impl AsFd for Reactor {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // The registry is a handle to the same epoll instance as the poll.
+        self.registry.as_fd()
     }
 }

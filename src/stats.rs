@@ -101,4 +101,6 @@ pub struct Stats {
     pub pings: u64,
     /// Sends refused (hard limit or total cap with the `Reject` policy).
     pub sends_rejected: u64,
+    /// Handle commands that found their connection gone (or refused) when applied.
+    pub handle_dropped: u64,
 }
