@@ -57,6 +57,60 @@
 //!   timeout ([`Cause::SlowPeer`]), and read-side flow control
 //!   ([`Reactor::pause_reading`]).
 //!
+//! ## Embedding: three ways, one event API
+//!
+//! 1. **Owned**: the reactor runs the loop, [`Reactor::poll`] as above
+//!    (`Some(Duration::ZERO)` for a non-blocking turn).
+//! 2. **Nested** in a foreign loop (GUI toolkit, game loop, asyncio, libuv): the reactor's
+//!    poll fd ([`AsFd`](std::os::fd::AsFd)) becomes readable when a socket is ready; the
+//!    host sleeps at most [`Reactor::next_timeout`] and runs non-blocking turns:
+//!
+//!    ```
+//!    # use std::time::Duration;
+//!    # use heartloop::{Reactor, ReactorConfig};
+//!    use std::os::fd::AsFd;
+//!    # fn main() -> std::io::Result<()> {
+//!    let mut reactor = Reactor::new(ReactorConfig::default())?;
+//!    let fd = reactor.as_fd();          // watch it for readability in the host loop
+//!    # let _ = fd;
+//!    let sleep = reactor.next_timeout(); // None: nothing scheduled
+//!    assert_eq!(sleep, None);
+//!    let mut events = Vec::new();
+//!    reactor.poll(&mut events, Some(Duration::ZERO))?; // the host's "fd ready" callback
+//!    # Ok(())
+//!    # }
+//!    ```
+//!    (`examples/embed_nested.rs` runs it under a 60 Hz poll(2) loop.)
+//! 3. **Hosted** in a program that owns a `mio::Poll`: the reactor registers with the
+//!    host's registry in a token range; the host hands over the events the reactor
+//!    [owns](Reactor::owns) and calls [`Reactor::turn`] once per poll:
+//!
+//!    ```
+//!    # use std::time::Duration;
+//!    use heartloop::{Reactor, ReactorConfig};
+//!    # fn main() -> std::io::Result<()> {
+//!    let mut poll = mio::Poll::new()?;
+//!    let mut reactor = Reactor::hosted(poll.registry(), mio::Token(1 << 40), ReactorConfig::default())?;
+//!    let (mut mio_events, mut events) = (mio::Events::with_capacity(256), Vec::new());
+//!    let t = reactor.set_timer(Duration::from_millis(1), 9);
+//!    while events.is_empty() {
+//!        poll.poll(&mut mio_events, reactor.next_timeout())?;
+//!        for ev in mio_events.iter() {
+//!            if reactor.owns(ev.token()) {
+//!                reactor.handle_event(ev);
+//!            } // else: the host's own sources
+//!        }
+//!        reactor.turn(&mut events);
+//!    }
+//!    assert!(matches!(events[0], heartloop::Event::Timer { id, tag: 9 } if id == t));
+//!    # Ok(())
+//!    # }
+//!    ```
+//!
+//! In every mode, other threads reach the loop through a [`Handle`] (send, close, timers,
+//! wake), and the owner's own mio sources can join the loop with
+//! [`Reactor::register_source`] ([`Event::Source`]).
+//!
 //! ## Layers
 //!
 //! [`Reactor`] makes every syscall. The policy modules [`wheel`], [`heartbeat`],
