@@ -6,15 +6,15 @@
 //! `LISTENING <addr>`), then what the mode reports.
 //!
 //! Modes:
-//! * `idle`      read and discard until EOF (prints `EOF`); never sends.
+//! * `idle`      read and discard until EOF (prints `EOF`), reset (`RESET`) or error (`ERROR <e>`); never sends.
 //! * `noread`    never read; sleep until killed (its receive buffer fills up).
 //! * `exit`      close cleanly and exit 0 at once.
 //! * `abort`     close with `SO_LINGER` 0 (a reset) and exit.
 //! * `halfclose` shut down the writing side, then read until EOF: prints `GOT <bytes>`.
 //! * `echo`      echo everything until EOF.
 //! * `sink`      read until EOF, checking the pattern byte i = i % 251: prints
-//!               `SINK <bytes> OK` or `SINK <bytes> BAD <offset>`, and `PROGRESS <bytes>`
-//!               every MiB.
+//!   `SINK <bytes> OK` or `SINK <bytes> BAD <offset>`, and `PROGRESS <bytes>` every MiB;
+//!   a read error (a reset) ends it too, after an `ERROR <error>` line.
 //! * `source`    write the pattern (i % 251) forever, as fast as the peer takes it.
 //!
 //! `--send N` first writes N bytes of the pattern.
@@ -61,10 +61,14 @@ fn main() {
     }
     let mut buf = vec![0u8; 64 * 1024];
     match mode {
-        "idle" => {
-            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            say("EOF");
-        }
+        "idle" => loop {
+            match s.read(&mut buf) {
+                Ok(0) => break say("EOF"),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break say("RESET"),
+                Err(e) => break say(&format!("ERROR {e}")),
+            }
+        },
         "noread" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -101,7 +105,8 @@ fn main() {
             let mut next_report = 1 << 20;
             loop {
                 match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
+                    Err(e) => break say(&format!("ERROR {e}")),
                     Ok(n) => {
                         for (i, b) in buf[..n].iter().enumerate() {
                             if bad.is_none() && *b != ((total + i) % 251) as u8 {

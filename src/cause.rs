@@ -9,7 +9,7 @@
 //! | `ECONNRESET`, `EPIPE`, `ECONNABORTED` on read, write or `SO_ERROR` | [`Cause::Reset`] |
 //! | `ECONNREFUSED` while connecting | [`Cause::ConnectRefused`] |
 //! | connect not finished before its deadline | [`Cause::ConnectTimeout`] |
-//! | `ETIMEDOUT` (keepalive or `TCP_USER_TIMEOUT` gave up) | [`Cause::TimedOut`] |
+//! | `ETIMEDOUT`, `ENETUNREACH`, `EHOSTUNREACH` (keepalive or `TCP_USER_TIMEOUT` gave up) | [`Cause::TimedOut`] |
 //! | nothing received for the heartbeat timeout | [`Cause::HeartbeatTimeout`] |
 //! | queue over its limit or not drained for the stall time | [`Cause::SlowPeer`] |
 //! | any other error | [`Cause::Io`] |
@@ -43,7 +43,8 @@ pub enum Cause {
         /// How long the peer had been silent when it was declared lost.
         silent_for: Duration,
     },
-    /// The kernel gave up on the connection (`ETIMEDOUT`): TCP keepalive probes or
+    /// The kernel gave up on the connection (`ETIMEDOUT`, or the last soft error
+    /// `ENETUNREACH`/`EHOSTUNREACH` it reports instead): TCP keepalive probes or
     /// `TCP_USER_TIMEOUT` expired. Like a heartbeat timeout, this means network or host loss.
     TimedOut,
     /// The peer does not drain what we send: the queue hit its hard limit with the
@@ -88,7 +89,11 @@ impl Cause {
         match err.kind() {
             K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted => Cause::Reset,
             K::ConnectionRefused => Cause::ConnectRefused,
-            K::TimedOut => Cause::TimedOut,
+            // When TCP gives up on an established connection (TCP_USER_TIMEOUT, keepalive,
+            // retransmissions) it reports the last soft error if there was one, else
+            // ETIMEDOUT: with our own route gone (link down) that is ENETUNREACH, after ICMP
+            // or ARP failures EHOSTUNREACH. All of them mean the network or host was lost.
+            K::TimedOut | K::NetworkUnreachable | K::HostUnreachable => Cause::TimedOut,
             kind => Cause::Io(kind),
         }
     }
@@ -168,6 +173,15 @@ mod tests {
         assert_eq!(Cause::from_io(&e(io::ErrorKind::ConnectionAborted)), Cause::Reset);
         assert_eq!(Cause::from_io(&e(io::ErrorKind::ConnectionRefused)), Cause::ConnectRefused);
         assert_eq!(Cause::from_io(&e(io::ErrorKind::TimedOut)), Cause::TimedOut);
+        // TCP_USER_TIMEOUT with the local link down reports the soft error ENETUNREACH.
+        assert_eq!(
+            Cause::from_io(&io::Error::from_raw_os_error(libc::ENETUNREACH)),
+            Cause::TimedOut
+        );
+        assert_eq!(
+            Cause::from_io(&io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            Cause::TimedOut
+        );
         assert_eq!(
             Cause::from_io(&io::Error::from_raw_os_error(libc::ECONNRESET)),
             Cause::Reset

@@ -71,7 +71,11 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines: rx, seen: Vec::new() }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -178,7 +182,8 @@ pub fn poll_until(
     let mut evs = Vec::new();
     loop {
         let left = end.checked_duration_since(Instant::now())?;
-        r.poll(&mut evs, Some(left.min(Duration::from_millis(50)))).expect("poll");
+        r.poll(&mut evs, Some(left.min(Duration::from_millis(50))))
+            .expect("poll");
         let at = Instant::now();
         let mut hit = None;
         for ev in evs.drain(..) {
@@ -211,4 +216,112 @@ pub fn expect_event(
 /// Poll for `d`, collecting every event.
 pub fn poll_for(r: &mut Reactor, log: &mut Vec<Event>, d: Duration) {
     let _ = poll_until(r, log, d, |_| false);
+}
+
+// Added for tests/backpressure.rs: children that log to stderr (env_logger), e.g. the
+// `echo` example, which prints `echo listening on ADDR` there.
+impl Proc {
+    /// Like [`Proc::from_command`], but the child's stderr lines are collected too,
+    /// interleaved with its stdout lines as they arrive.
+    pub fn from_command_with_stderr_lines(mut cmd: Command) -> Proc {
+        fn pump(src: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(src).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let (tx, rx) = channel();
+        pump(child.stdout.take().unwrap(), tx.clone());
+        pump(child.stderr.take().unwrap(), tx);
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait for a line that contains `needle` anywhere (log lines start with a timestamp
+    /// and level); returns the rest of the line after it, trimmed. `None` on timeout/exit.
+    pub fn wait_line_containing(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if let Some((_, rest)) = line.split_once(needle) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    /// The lines received so far and not yet looked at, without waiting (kept in `seen`).
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        let new: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(new.iter().cloned());
+        new
+    }
+}
+
+// Added for tests/disconnect.rs.
+
+/// Like [`example_bin`], but runs `cargo build --example NAME` once per test process, so an
+/// example edited since the last full `cargo test` is never run stale
+/// (`cargo test --test X` builds no examples, and `example_bin` only builds missing ones).
+#[track_caller]
+pub fn fresh_example_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let bin = example_bin(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|n| n == name) {
+        let dir = bin.parent().and_then(|d| d.parent()).expect("target dir");
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo build --example");
+        assert!(st.success(), "building example {name} failed");
+        built.push(name.to_string());
+    }
+    bin
+}
+
+/// `(send queue, receive queue)` in bytes of the established IPv4 TCP socket whose local
+/// address is `local`, from /proc/net/tcp (tx_queue: sent and not yet acknowledged;
+/// rx_queue: received and not yet read by its process). `None` if there is no such socket.
+pub fn tcp_queues(local: std::net::SocketAddr) -> Option<(u64, u64)> {
+    let std::net::SocketAddr::V4(v4) = local else {
+        return None;
+    };
+    // The kernel prints the address as the in-memory u32 in hex, the port in host order.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue ...; st 01 = ESTABLISHED.
+        if f.len() < 5 || f[1] != want || f[3] != "01" {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }
