@@ -124,7 +124,7 @@ struct UserSource {
 #[derive(Debug)]
 enum Entry {
     Conn(Box<Conn>),
-    Listener(Listener),
+    Listener(Box<Listener>),
     Source(UserSource),
 }
 
@@ -348,14 +348,14 @@ impl Reactor {
             index: entry.key() as u32,
         };
         self.next_gen += 1;
-        entry.insert(Entry::Listener(Listener {
+        entry.insert(Entry::Listener(Box::new(Listener {
             id,
             sock,
             cfg,
             backoff: None,
             retry_timer: None,
             in_ready: false,
-        }));
+        })));
         Ok(id)
     }
 
@@ -446,11 +446,11 @@ impl Reactor {
             }
         }
         // Budget used up: come back next turn, after the others had their share.
-        if let Some(Entry::Listener(l)) = self.slab.get_mut(lid.index as usize) {
-            if !l.in_ready {
-                l.in_ready = true;
-                self.ready.push_back((lid.index as usize, lid.gen_));
-            }
+        if let Some(Entry::Listener(l)) = self.slab.get_mut(lid.index as usize)
+            && !l.in_ready
+        {
+            l.in_ready = true;
+            self.ready.push_back((lid.index as usize, lid.gen_));
         }
     }
 
@@ -1078,11 +1078,11 @@ impl Reactor {
     }
 
     fn mark_dirty(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(id);
-            }
+        if let Some(c) = self.conn_mut(id)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(id);
         }
     }
 
@@ -1173,12 +1173,12 @@ impl Reactor {
                 let _ = c.sock.shutdown(Shutdown::Write);
                 self.end(id, Cause::Closed);
             }
-        } else if c.stall_timer.is_none() {
-            if let Some(at) = c.out.stall_deadline(&cfg) {
-                let key = self.wheel.insert(at, Timeout::Stall(id));
-                if let Some(c) = self.conn_mut(id) {
-                    c.stall_timer = Some(key);
-                }
+        } else if c.stall_timer.is_none()
+            && let Some(at) = c.out.stall_deadline(&cfg)
+        {
+            let key = self.wheel.insert(at, Timeout::Stall(id));
+            if let Some(c) = self.conn_mut(id) {
+                c.stall_timer = Some(key);
             }
         }
     }
@@ -1218,11 +1218,11 @@ impl Reactor {
                     }
                 }
                 Timeout::AcceptRetry(lid) => {
-                    if let Some(Entry::Listener(l)) = self.slab.get_mut(lid.index as usize) {
-                        if l.id == lid {
-                            l.retry_timer = None;
-                            self.accept_ready(lid);
-                        }
+                    if let Some(Entry::Listener(l)) = self.slab.get_mut(lid.index as usize)
+                        && l.id == lid
+                    {
+                        l.retry_timer = None;
+                        self.accept_ready(lid);
                     }
                 }
             }
@@ -1304,10 +1304,10 @@ impl Reactor {
                     }
                 }
             }
-            if let Some(c) = self.conn(id) {
-                if let Some(l) = c.live {
-                    self.heap.push(id, l.next_deadline());
-                }
+            if let Some(c) = self.conn(id)
+                && let Some(l) = c.live
+            {
+                self.heap.push(id, l.next_deadline());
             }
         }
         self.due = due;
@@ -1430,11 +1430,15 @@ mod gather_tests {
     #[test]
     fn small_sends_are_gathered_into_few_writes() {
         let mut r = Reactor::new(ReactorConfig::default()).unwrap();
-        let l = r.listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default()).unwrap();
+        let l = r
+            .listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())
+            .unwrap();
         let addr = r.local_addr(l).unwrap();
         const N: usize = 2000;
         // Message i is `i % 97 + 1` bytes, each byte the low byte of i.
-        let expected: Vec<u8> = (0..N).flat_map(|i| std::iter::repeat_n(i as u8, i % 97 + 1)).collect();
+        let expected: Vec<u8> = (0..N)
+            .flat_map(|i| std::iter::repeat_n(i as u8, i % 97 + 1))
+            .collect();
         let total = expected.len();
         let reader = std::thread::spawn(move || {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -1447,7 +1451,8 @@ mod gather_tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let conn = loop {
             assert!(Instant::now() < deadline, "no connection accepted");
-            r.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+            r.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
             if let Some(c) = events.drain(..).find_map(|e| match e {
                 Event::Accepted { conn, .. } => Some(conn),
                 _ => None,
@@ -1457,16 +1462,21 @@ mod gather_tests {
         };
         let before = r.stats().write_calls;
         for i in 0..N {
-            r.send(conn, Bytes::from(vec![i as u8; i % 97 + 1])).unwrap();
+            r.send(conn, Bytes::from(vec![i as u8; i % 97 + 1]))
+                .unwrap();
         }
         while r.queued(conn).unwrap() > 0 {
             assert!(Instant::now() < deadline, "queue not drained");
-            r.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+            r.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
         }
         let got = reader.join().unwrap();
         assert!(got == expected, "bytes arrived out of order or altered");
         let writes = r.stats().write_calls - before;
         // One writev per MAX_IOV chunks would take N / MAX_IOV = 31 calls.
-        assert!(writes < (N / MAX_IOV) as u64, "{writes} write calls for {N} small chunks");
+        assert!(
+            writes < (N / MAX_IOV) as u64,
+            "{writes} write calls for {N} small chunks"
+        );
     }
 }
