@@ -24,7 +24,9 @@ fn main() -> std::io::Result<()> {
         let mut val = || args.next().unwrap_or_else(|| usage(&a));
         match a.as_str() {
             "--addr" => addr = val(),
-            "--heartbeat-ms" => heartbeat_ms = val().parse().unwrap_or_else(|_| usage("--heartbeat-ms")),
+            "--heartbeat-ms" => {
+                heartbeat_ms = val().parse().unwrap_or_else(|_| usage("--heartbeat-ms"))
+            }
             "--stats-secs" => stats_secs = val().parse().unwrap_or_else(|_| usage("--stats-secs")),
             _ => usage(&a),
         }
@@ -92,6 +94,8 @@ fn main() -> std::io::Result<()> {
 }
 
 fn usage(bad: &str) -> ! {
-    eprintln!("bad or incomplete option {bad}\nusage: echo [--addr HOST:PORT] [--heartbeat-ms N] [--stats-secs N]");
+    eprintln!(
+        "bad or incomplete option {bad}\nusage: echo [--addr HOST:PORT] [--heartbeat-ms N] [--stats-secs N]"
+    );
     std::process::exit(2)
 }

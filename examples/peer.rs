@@ -44,7 +44,9 @@ fn main() {
     };
     let _ = s.set_nodelay(true);
     if linger0 {
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
     }
     say(&format!("READY {}", s.local_addr().unwrap()));
     if send > 0 {
@@ -74,7 +76,9 @@ fn main() {
         },
         "exit" => drop(s),
         "abort" => {
-            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
             drop(s);
         }
         "halfclose" => {

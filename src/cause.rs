@@ -102,26 +102,41 @@ impl Cause {
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cause::PeerClosed => f.write_str("peer closed the connection (its process exited or closed the socket)"),
-            Cause::PeerHalfClosed => f.write_str("peer finished sending (half-close); we may still send"),
-            Cause::Reset => f.write_str("connection reset by peer: it died with unread data or aborted"),
+            Cause::PeerClosed => {
+                f.write_str("peer closed the connection (its process exited or closed the socket)")
+            }
+            Cause::PeerHalfClosed => {
+                f.write_str("peer finished sending (half-close); we may still send")
+            }
+            Cause::Reset => {
+                f.write_str("connection reset by peer: it died with unread data or aborted")
+            }
             Cause::HeartbeatTimeout { silent_for } => write!(
                 f,
                 "no sign of life for {:.1} s: network or host lost",
                 silent_for.as_secs_f64()
             ),
-            Cause::TimedOut => f.write_str("the kernel gave up (keepalive or TCP_USER_TIMEOUT): network or host lost"),
-            Cause::SlowPeer { queued, stalled_for } if stalled_for.is_zero() => write!(
-                f,
-                "peer too slow: {queued} bytes queued, over the limit"
+            Cause::TimedOut => f.write_str(
+                "the kernel gave up (keepalive or TCP_USER_TIMEOUT): network or host lost",
             ),
-            Cause::SlowPeer { queued, stalled_for } => write!(
+            Cause::SlowPeer {
+                queued,
+                stalled_for,
+            } if stalled_for.is_zero() => {
+                write!(f, "peer too slow: {queued} bytes queued, over the limit")
+            }
+            Cause::SlowPeer {
+                queued,
+                stalled_for,
+            } => write!(
                 f,
                 "peer too slow: {queued} bytes queued, none drained for {:.1} s",
                 stalled_for.as_secs_f64()
             ),
             Cause::ConnectRefused => f.write_str("connection refused: nothing listens there"),
-            Cause::ConnectTimeout => f.write_str("connect timed out: host unreachable or not answering"),
+            Cause::ConnectTimeout => {
+                f.write_str("connect timed out: host unreachable or not answering")
+            }
             Cause::Protocol(e) => write!(f, "protocol error: {e}"),
             Cause::Io(kind) => write!(f, "I/O error: {kind}"),
             Cause::Closed => f.write_str("closed by us"),
@@ -168,10 +183,19 @@ mod tests {
     #[test]
     fn io_errors_map_to_causes() {
         let e = |k| io::Error::from(k);
-        assert_eq!(Cause::from_io(&e(io::ErrorKind::ConnectionReset)), Cause::Reset);
+        assert_eq!(
+            Cause::from_io(&e(io::ErrorKind::ConnectionReset)),
+            Cause::Reset
+        );
         assert_eq!(Cause::from_io(&e(io::ErrorKind::BrokenPipe)), Cause::Reset);
-        assert_eq!(Cause::from_io(&e(io::ErrorKind::ConnectionAborted)), Cause::Reset);
-        assert_eq!(Cause::from_io(&e(io::ErrorKind::ConnectionRefused)), Cause::ConnectRefused);
+        assert_eq!(
+            Cause::from_io(&e(io::ErrorKind::ConnectionAborted)),
+            Cause::Reset
+        );
+        assert_eq!(
+            Cause::from_io(&e(io::ErrorKind::ConnectionRefused)),
+            Cause::ConnectRefused
+        );
         assert_eq!(Cause::from_io(&e(io::ErrorKind::TimedOut)), Cause::TimedOut);
         // TCP_USER_TIMEOUT with the local link down reports the soft error ENETUNREACH.
         assert_eq!(
@@ -194,10 +218,18 @@ mod tests {
 
     #[test]
     fn display_is_for_people() {
-        let s = Cause::HeartbeatTimeout { silent_for: Duration::from_millis(3000) }.to_string();
+        let s = Cause::HeartbeatTimeout {
+            silent_for: Duration::from_millis(3000),
+        }
+        .to_string();
         assert_eq!(s, "no sign of life for 3.0 s: network or host lost");
         assert!(Cause::Reset.to_string().contains("unread data"));
-        assert!(Cause::HeartbeatTimeout { silent_for: Duration::ZERO }.is_network_loss());
+        assert!(
+            Cause::HeartbeatTimeout {
+                silent_for: Duration::ZERO
+            }
+            .is_network_loss()
+        );
         assert!(Cause::PeerClosed.is_peer_exit());
         assert!(!Cause::Closed.is_peer_exit());
     }

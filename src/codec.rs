@@ -106,10 +106,15 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Decoded, ProtocolE
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let kind = Kind::from_u8(buf[4]).ok_or(ProtocolError::UnknownKind(buf[4]))?;
     if len > max_frame {
-        return Err(ProtocolError::FrameTooLarge { len, max: max_frame });
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
     }
     if buf.len() < HEADER_LEN + len {
-        return Ok(Decoded::Incomplete { total: Some(HEADER_LEN + len) });
+        return Ok(Decoded::Incomplete {
+            total: Some(HEADER_LEN + len),
+        });
     }
     buf.advance(HEADER_LEN);
     Ok(Decoded::Frame(kind, buf.split_to(len).freeze()))
@@ -126,12 +131,27 @@ mod tests {
         buf.extend_from_slice(&encode(Kind::Data, b"hello"));
         buf.extend_from_slice(&PING_FRAME);
         buf.extend_from_slice(&encode(Kind::Data, b"wor")[..6]);
-        assert_eq!(decode(&mut buf, 16).unwrap(), Decoded::Frame(Kind::Data, Bytes::from_static(b"hello")));
-        assert_eq!(decode(&mut buf, 16).unwrap(), Decoded::Frame(Kind::Ping, Bytes::new()));
-        assert_eq!(decode(&mut buf, 16).unwrap(), Decoded::Incomplete { total: Some(8) });
+        assert_eq!(
+            decode(&mut buf, 16).unwrap(),
+            Decoded::Frame(Kind::Data, Bytes::from_static(b"hello"))
+        );
+        assert_eq!(
+            decode(&mut buf, 16).unwrap(),
+            Decoded::Frame(Kind::Ping, Bytes::new())
+        );
+        assert_eq!(
+            decode(&mut buf, 16).unwrap(),
+            Decoded::Incomplete { total: Some(8) }
+        );
         buf.extend_from_slice(b"or");
-        assert_eq!(decode(&mut buf, 16).unwrap(), Decoded::Frame(Kind::Data, Bytes::from_static(b"wor")));
-        assert_eq!(decode(&mut buf, 16).unwrap(), Decoded::Incomplete { total: None });
+        assert_eq!(
+            decode(&mut buf, 16).unwrap(),
+            Decoded::Frame(Kind::Data, Bytes::from_static(b"wor"))
+        );
+        assert_eq!(
+            decode(&mut buf, 16).unwrap(),
+            Decoded::Incomplete { total: None }
+        );
     }
 
     #[test]

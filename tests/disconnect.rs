@@ -819,3 +819,43 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
     assert_eq!(st.disconnects.closed, (kinds[2] + kinds[3]) as u64);
     assert_eq!(st.bytes_queued, 0);
 }
+
+/// Regression: data and FIN that arrive before the reactor reads raise one edge with
+/// read-closed readiness. A short read must not end the read pass then, or the EOF is
+/// never seen (no further edge comes for it).
+#[test]
+fn data_and_fin_in_one_edge_still_report_the_eof() {
+    use std::io::Write;
+    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
+    let l = r
+        .listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())
+        .unwrap();
+    let addr = r.local_addr(l).unwrap();
+    // Everything happens before the reactor's first poll: connect (into the backlog),
+    // write, close.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"ping").unwrap();
+    drop(s);
+    let mut log = Vec::new();
+    let (ev, _) = expect_event(
+        &mut r,
+        &mut log,
+        Duration::from_secs(5),
+        "Disconnected",
+        |e| matches!(e, Event::Disconnected { .. }),
+    );
+    assert!(
+        matches!(
+            ev,
+            Event::Disconnected {
+                cause: Cause::PeerClosed,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, Event::Data { bytes, .. } if &bytes[..] == b"ping"))
+    );
+}

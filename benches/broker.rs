@@ -1,0 +1,992 @@
+//! `cargo build --release --example broker && taskset -c 1 cargo bench --bench broker`
+//! (`-- --rounds N --secs S`, `-- --only fanout_100`)
+//!
+//! The broker example against nats-server and redis pub/sub, side by side in one run.
+//! Needs Debian's `nats-server` and `redis-server` packages (benchmarks only; a missing one
+//! is skipped with a loud `SKIPPED`). Each broker runs pinned to core 0 (`taskset -c 0`);
+//! this process, the load generator, pins itself to core 1. The load generator is one mio
+//! loop speaking both protocols, the same code for every broker.
+//!
+//! Scenarios (payload 16 bytes unless said):
+//! * `fanout_100`, `fanout_1000`: one publisher, 100 / 1,000 subscribers, flat out (the
+//!   publisher keeps at most a window of messages ahead of the slowest subscriber):
+//!   delivered messages per second.
+//! * `fanout_1000_paced`: 1,000 subscribers, 100 publishes/s = 100k deliveries/s: latency
+//!   from publish to delivery, p50/p99 over all deliveries.
+//! * `request_reply`: one request outstanding, the responder echoes: round trip p50/p99.
+//! * `slow_subscriber`: publisher paced at 100k msgs/s of 128 bytes to two subscribers,
+//!   one of which never reads: the healthy one's worst 1-second rate, and when the broker
+//!   cut the stopped one (seen as a reset on its socket; for nats-server from `/varz`
+//!   `slow_consumers`, for redis from `INFO clients`). Limits: 64 MiB pending, 2 s write
+//!   deadline (redis: `client-output-buffer-limit pubsub 64mb 0 0`, no deadline).
+//!
+//! Every round runs every scenario against every broker; each figure is the median over
+//! rounds. Prints a markdown table.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Poll, Token};
+
+// ------------------------------------------------------------------ brokers
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Proto {
+    Nats,
+    Redis,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+enum Kind {
+    Heartloop,
+    NatsServer,
+    Redis,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Heartloop => "heartloop broker",
+            Kind::NatsServer => "nats-server 2.9",
+            Kind::Redis => "redis pub/sub",
+        }
+    }
+    fn proto(self) -> Proto {
+        if self == Kind::Redis {
+            Proto::Redis
+        } else {
+            Proto::Nats
+        }
+    }
+}
+
+struct Broker {
+    kind: Kind,
+    child: Child,
+    addr: SocketAddr,
+    /// nats-server's monitoring port.
+    http: Option<SocketAddr>,
+    _dir: Option<PathBuf>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/sbin", "/bin"] {
+        let p = PathBuf::from(dir).join(prog);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--example", name])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    bin
+}
+
+fn start(kind: Kind) -> Option<Broker> {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"]);
+    let mut http = None;
+    let mut dir = None;
+    match kind {
+        Kind::Heartloop => {
+            cmd.arg(example_bin("broker"));
+            cmd.args([
+                "--addr",
+                &addr.to_string(),
+                "--max-pending",
+                "64MB",
+                "--write-deadline",
+                "2s",
+            ]);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "warn");
+            }
+        }
+        Kind::NatsServer => {
+            let bin = which("nats-server")?;
+            let hport = free_port();
+            let d =
+                std::env::temp_dir().join(format!("hl-bench-nats-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            let conf = d.join("nats.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "host: 127.0.0.1\nport: {port}\nhttp: \"127.0.0.1:{hport}\"\nmax_payload: 1048576\n\
+                     max_pending: 67108864\nwrite_deadline: \"2s\"\nping_interval: \"2m\"\n"
+                ),
+            )
+            .unwrap();
+            cmd.arg(bin).args(["-c", conf.to_str().unwrap()]);
+            http = Some(format!("127.0.0.1:{hport}").parse().unwrap());
+            dir = Some(d);
+        }
+        Kind::Redis => {
+            let bin = which("redis-server")?;
+            cmd.arg(bin).args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--client-output-buffer-limit",
+                "pubsub 64mb 0 0",
+            ]);
+        }
+    }
+    cmd.stdout(Stdio::null()).stdin(Stdio::null());
+    if std::env::var_os("BENCH_BROKER_STDERR").is_none() {
+        cmd.stderr(Stdio::null());
+    }
+    let child = cmd.spawn().ok()?;
+    let b = Broker {
+        kind,
+        child,
+        addr,
+        http,
+        _dir: dir,
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "{} did not start", kind.name());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(h) = b.http {
+        while TcpStream::connect(h).is_err() {
+            assert!(Instant::now() < end, "nats-server monitoring did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Some(b)
+}
+
+// ------------------------------------------------------------------ protocol
+
+/// The payload of a timed message: nanoseconds since `epoch`, 16 hex digits.
+fn stamp(epoch: Instant, size: usize) -> Vec<u8> {
+    let mut p = format!("{:016x}", epoch.elapsed().as_nanos() as u64).into_bytes();
+    p.resize(size, b'.');
+    p
+}
+
+fn unstamp(p: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(p.get(..16)?).ok()?, 16).ok()
+}
+
+fn sub_cmd(proto: Proto, subject: &str, sid: u32, out: &mut Vec<u8>) {
+    match proto {
+        Proto::Nats => out.extend_from_slice(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes()),
+        Proto::Redis => out.extend_from_slice(
+            format!(
+                "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{subject}\r\n",
+                subject.len()
+            )
+            .as_bytes(),
+        ),
+    }
+}
+
+fn pub_cmd(proto: Proto, subject: &str, reply: Option<&str>, payload: &[u8], out: &mut Vec<u8>) {
+    match proto {
+        Proto::Nats => {
+            match reply {
+                Some(r) => write!(out, "PUB {subject} {r} {}\r\n", payload.len()),
+                None => write!(out, "PUB {subject} {}\r\n", payload.len()),
+            }
+            .unwrap();
+        }
+        Proto::Redis => {
+            write!(
+                out,
+                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{subject}\r\n${}\r\n",
+                subject.len(),
+                payload.len()
+            )
+            .unwrap();
+        }
+    }
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a connection received, in protocol-neutral terms.
+enum In<'a> {
+    /// A message on `subject` (with the NATS reply subject), payload.
+    Msg(&'a [u8], Option<&'a [u8]>, &'a [u8]),
+    /// Subscription confirmed / PONG: the connection is ready.
+    Ready,
+    Ping,
+    Other,
+}
+
+/// Parse one item at the start of `b`: `Some((item, consumed))`, or `None` if incomplete.
+fn parse_one(proto: Proto, b: &[u8]) -> Option<(In<'_>, usize)> {
+    match proto {
+        Proto::Nats => {
+            let nl = memchr::memchr(b'\n', b)?;
+            let line = &b[..nl.saturating_sub(1)];
+            if let Some(args) = line.strip_prefix(b"MSG ") {
+                let a: Vec<&[u8]> = args
+                    .split(|&c| c == b' ')
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let len: usize = std::str::from_utf8(a[a.len() - 1]).ok()?.parse().ok()?;
+                let end = nl + 1 + len + 2;
+                if b.len() < end {
+                    return None;
+                }
+                let reply = if a.len() == 4 { Some(a[2]) } else { None };
+                Some((In::Msg(a[0], reply, &b[nl + 1..nl + 1 + len]), end))
+            } else if line == b"PING" {
+                Some((In::Ping, nl + 1))
+            } else if line == b"PONG" {
+                Some((In::Ready, nl + 1))
+            } else {
+                if line.starts_with(b"-ERR") {
+                    eprintln!("broker said {}", String::from_utf8_lossy(line));
+                }
+                Some((In::Other, nl + 1))
+            }
+        }
+        Proto::Redis => {
+            let (v, used) = resp(b)?;
+            Some((
+                match v {
+                    Resp::Array(items) if items.len() == 3 => {
+                        match (&items[0], &items[1], &items[2]) {
+                            (Resp::Bulk(k), Resp::Bulk(ch), Resp::Bulk(p)) if *k == b"message" => {
+                                In::Msg(ch, None, p)
+                            }
+                            (Resp::Bulk(k), _, _) if *k == b"subscribe" => In::Ready,
+                            _ => In::Other,
+                        }
+                    }
+                    _ => In::Other,
+                },
+                used,
+            ))
+        }
+    }
+}
+
+enum Resp<'a> {
+    Bulk(&'a [u8]),
+    Array(Vec<Resp<'a>>),
+    Other,
+}
+
+fn resp(b: &[u8]) -> Option<(Resp<'_>, usize)> {
+    let nl = memchr::memchr(b'\n', b)?;
+    let line = &b[1..nl - 1];
+    let num = || -> Option<i64> { std::str::from_utf8(line).ok()?.parse().ok() };
+    match b[0] {
+        b'$' => {
+            let n = num()?;
+            if n < 0 {
+                return Some((Resp::Other, nl + 1));
+            }
+            let end = nl + 1 + n as usize + 2;
+            (b.len() >= end).then(|| (Resp::Bulk(&b[nl + 1..end - 2]), end))
+        }
+        b'*' => {
+            let mut used = nl + 1;
+            let mut items = Vec::new();
+            for _ in 0..num()? {
+                let (v, u) = resp(&b[used..])?;
+                items.push(v);
+                used += u;
+            }
+            Some((Resp::Array(items), used))
+        }
+        b'-' => {
+            eprintln!("redis said {}", String::from_utf8_lossy(line));
+            Some((Resp::Other, nl + 1))
+        }
+        _ => Some((Resp::Other, nl + 1)),
+    }
+}
+
+// ------------------------------------------------------------------ load generator
+
+struct Conn {
+    s: MioStream,
+    /// Unparsed tail of what was read.
+    carry: Vec<u8>,
+    out: Vec<u8>,
+    received: u64,
+    ready: bool,
+    closed: bool,
+    /// Fast path: every message to this connection is exactly these bytes before the
+    /// payload, and `msg_len` bytes in all.
+    fast: Option<(Vec<u8>, usize)>,
+}
+
+struct Load {
+    proto: Proto,
+    poll: Poll,
+    events: Events,
+    conns: Vec<Conn>,
+    buf: Vec<u8>,
+}
+
+/// What to do with each message (connection index, subject, reply, payload, read time).
+type OnMsg<'a> = dyn FnMut(usize, &[u8], Option<&[u8]>, &[u8], Instant) + 'a;
+
+impl Load {
+    fn new(proto: Proto) -> Load {
+        Load {
+            proto,
+            poll: Poll::new().unwrap(),
+            events: Events::with_capacity(4096),
+            conns: Vec::new(),
+            buf: vec![0; 256 * 1024],
+        }
+    }
+
+    fn connect(&mut self, addr: SocketAddr, rcvbuf: Option<usize>) -> usize {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        sock.set_tcp_nodelay(true).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let std: TcpStream = sock.into();
+        let mut s = MioStream::from_std(std);
+        let i = self.conns.len();
+        self.poll
+            .registry()
+            .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+            .unwrap();
+        let mut out = Vec::new();
+        if self.proto == Proto::Nats {
+            out.extend_from_slice(
+                b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\n",
+            );
+        }
+        self.conns.push(Conn {
+            s,
+            carry: Vec::new(),
+            out,
+            received: 0,
+            ready: false,
+            closed: false,
+            fast: None,
+        });
+        self.flush(i);
+        i
+    }
+
+    fn flush(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        while !c.out.is_empty() && !c.closed {
+            match c.s.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => c.closed = true,
+            }
+        }
+    }
+
+    /// Run the loop for at most `d`; `read` says which connections are read at all.
+    fn turn(&mut self, d: Duration, read: &dyn Fn(usize) -> bool, on: &mut OnMsg<'_>) {
+        self.poll.poll(&mut self.events, Some(d)).unwrap();
+        let toks: Vec<(usize, bool)> = self
+            .events
+            .iter()
+            .map(|e| (e.token().0, e.is_error() || e.is_read_closed()))
+            .collect();
+        for (i, bad) in toks {
+            if bad && !read(i) {
+                self.conns[i].closed = true;
+                continue;
+            }
+            self.flush(i);
+            if read(i) {
+                self.read(i, on);
+            }
+        }
+    }
+
+    fn read(&mut self, i: usize, on: &mut OnMsg<'_>) {
+        loop {
+            let n = match self.conns[i].s.read(&mut self.buf) {
+                Ok(0) => {
+                    self.conns[i].closed = true;
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.conns[i].closed = true;
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let short = n < self.buf.len();
+            let c = &mut self.conns[i];
+            c.carry.extend_from_slice(&self.buf[..n]);
+            let mut p = 0;
+            let mut pong = false;
+            while p < c.carry.len() {
+                let rest = &c.carry[p..];
+                if let Some((hdr, len)) = &c.fast
+                    && rest.len() >= *len
+                    && rest.starts_with(hdr)
+                {
+                    c.received += 1;
+                    on(i, b"", None, &rest[hdr.len()..len - 2], now);
+                    p += len;
+                    continue;
+                }
+                let Some((item, used)) = parse_one(self.proto, rest) else {
+                    break;
+                };
+                match item {
+                    In::Msg(subj, reply, payload) => {
+                        c.received += 1;
+                        on(i, subj, reply, payload, now);
+                    }
+                    In::Ready => c.ready = true,
+                    In::Ping => pong = true,
+                    In::Other => {}
+                }
+                p += used;
+            }
+            c.carry.drain(..p);
+            if pong {
+                c.out.extend_from_slice(b"PONG\r\n");
+                self.flush(i);
+            }
+            if short {
+                // Drained for now (edge-triggered: new bytes bring a new event).
+                return;
+            }
+        }
+    }
+
+    /// Until every connection in `which` is ready (subscribed).
+    fn wait_ready(&mut self, which: &[usize]) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !which.iter().all(|&i| self.conns[i].ready) {
+            assert!(Instant::now() < end, "subscribers not ready");
+            self.turn(
+                Duration::from_millis(10),
+                &|_| true,
+                &mut |_, _, _, _, _| {},
+            );
+        }
+    }
+
+    /// `n` subscribers on `subject`, ready.
+    fn subscribers(
+        &mut self,
+        addr: SocketAddr,
+        n: usize,
+        subject: &str,
+        payload: usize,
+    ) -> Vec<usize> {
+        let subs: Vec<usize> = (0..n)
+            .map(|_| {
+                let i = self.connect(addr, None);
+                let mut cmd = Vec::new();
+                sub_cmd(self.proto, subject, 1, &mut cmd);
+                self.conns[i].out.extend_from_slice(&cmd);
+                self.flush(i);
+                i
+            })
+            .collect();
+        self.wait_ready(&subs);
+        let hdr = match self.proto {
+            Proto::Nats => format!("MSG {subject} 1 {payload}\r\n"),
+            Proto::Redis => format!(
+                "*3\r\n$7\r\nmessage\r\n${}\r\n{subject}\r\n${payload}\r\n",
+                subject.len()
+            ),
+        };
+        for &i in &subs {
+            let len = hdr.len() + payload + 2;
+            self.conns[i].fast = Some((hdr.clone().into_bytes(), len));
+        }
+        subs
+    }
+
+    fn publisher(&mut self, addr: SocketAddr) -> usize {
+        let p = self.connect(addr, None);
+        if self.proto == Proto::Nats {
+            self.conns[p].out.extend_from_slice(b"PING\r\n");
+            self.flush(p);
+            self.wait_ready(&[p]);
+        }
+        p
+    }
+}
+
+// ------------------------------------------------------------------ scenarios
+
+/// Flat-out fan-out: delivered messages per second.
+fn fanout(b: &Broker, nsubs: usize, secs: f64) -> f64 {
+    let mut l = Load::new(b.kind.proto());
+    let subs = l.subscribers(b.addr, nsubs, "bench.fan", 16);
+    let p = l.publisher(b.addr);
+    let window: u64 = if nsubs >= 1000 { 500 } else { 2000 };
+    let mut published = 0u64;
+    let mut msg = Vec::new();
+    pub_cmd(l.proto, "bench.fan", None, &[b'x'; 16], &mut msg);
+    let warm = Instant::now() + Duration::from_millis(700);
+    let mut base: Option<(Instant, u64)> = None;
+    let end = warm + Duration::from_secs_f64(secs);
+    loop {
+        let min = subs.iter().map(|&i| l.conns[i].received).min().unwrap();
+        while published < min + window && l.conns[p].out.len() < 64 * 1024 {
+            for _ in 0..50 {
+                l.conns[p].out.extend_from_slice(&msg);
+            }
+            published += 50;
+        }
+        l.flush(p);
+        l.turn(Duration::from_millis(5), &|_| true, &mut |_, _, _, _, _| {});
+        let now = Instant::now();
+        let total: u64 = subs.iter().map(|&i| l.conns[i].received).sum();
+        if base.is_none() && now >= warm {
+            base = Some((now, total));
+        }
+        if now >= end {
+            let (t0, n0) = base.unwrap();
+            assert!(
+                subs.iter().all(|&i| !l.conns[i].closed),
+                "{}: a subscriber was cut",
+                b.kind.name()
+            );
+            return (total - n0) as f64 / now.duration_since(t0).as_secs_f64();
+        }
+    }
+}
+
+/// Paced fan-out to 1,000: latency publish -> delivery (µs p50, p99).
+fn fanout_paced(b: &Broker, secs: f64) -> (f64, f64) {
+    let epoch = Instant::now();
+    let mut l = Load::new(b.kind.proto());
+    let subs = l.subscribers(b.addr, 1000, "bench.paced", 16);
+    let p = l.publisher(b.addr);
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let period = Duration::from_millis(10); // 100 publishes/s x 1,000 = 100k deliveries/s
+    let start = Instant::now();
+    let warm = start + Duration::from_millis(700);
+    let end = warm + Duration::from_secs_f64(secs);
+    let mut next = start;
+    let mut sent = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= next {
+            let mut m = Vec::new();
+            pub_cmd(l.proto, "bench.paced", None, &stamp(epoch, 16), &mut m);
+            l.conns[p].out.extend_from_slice(&m);
+            l.flush(p);
+            sent += 1;
+            next = start + period * sent as u32;
+        }
+        if now >= end {
+            break;
+        }
+        let wait = next.saturating_duration_since(Instant::now());
+        l.turn(wait, &|_| true, &mut |_, _, _, payload, at| {
+            if at >= warm
+                && let Some(t) = unstamp(payload)
+            {
+                let lat = at.duration_since(epoch).as_nanos() as u64 - t;
+                h.record(lat.max(1)).unwrap();
+            }
+        });
+    }
+    // Drain what is still in flight, then every delivery must have arrived.
+    let want = sent * subs.len() as u64;
+    let drain_end = Instant::now() + Duration::from_secs(10);
+    let got = |l: &Load| subs.iter().map(|&i| l.conns[i].received).sum::<u64>();
+    while got(&l) < want && Instant::now() < drain_end {
+        l.turn(
+            Duration::from_millis(10),
+            &|_| true,
+            &mut |_, _, _, _, _| {},
+        );
+    }
+    let closed = subs.iter().filter(|&&i| l.conns[i].closed).count();
+    assert_eq!(
+        closed,
+        0,
+        "{}: {closed} subscribers were cut",
+        b.kind.name()
+    );
+    let lost = want - got(&l);
+    assert!(lost == 0, "{}: {lost} deliveries missing", b.kind.name());
+    (
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+    )
+}
+
+/// One request outstanding: round trip (µs p50, p99).
+fn request_reply(b: &Broker, secs: f64) -> (f64, f64) {
+    let epoch = Instant::now();
+    let mut l = Load::new(b.kind.proto());
+    let proto = l.proto;
+    let responder = l.subscribers(b.addr, 1, "svc.req", 16)[0];
+    let requester = l.subscribers(b.addr, 1, "svc.rep", 16)[0];
+    l.conns[responder].fast = None; // requests carry a reply subject: general parser
+    // A redis connection that subscribed may not publish: publish on separate ones.
+    let (responder_out, requester_out) = match proto {
+        Proto::Nats => (responder, requester),
+        Proto::Redis => (l.publisher(b.addr), l.publisher(b.addr)),
+    };
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let start = Instant::now();
+    let warm = start + Duration::from_millis(500);
+    let end = warm + Duration::from_secs_f64(secs);
+    let request =
+        |out: &mut Vec<u8>| pub_cmd(proto, "svc.req", Some("svc.rep"), &stamp(epoch, 16), out);
+    let mut first = Vec::new();
+    request(&mut first);
+    l.conns[requester_out].out.extend_from_slice(&first);
+    l.flush(requester_out);
+    while Instant::now() < end {
+        let mut to_send: Vec<(usize, Vec<u8>)> = Vec::new();
+        l.turn(
+            Duration::from_millis(100),
+            &|_| true,
+            &mut |i, _, _, payload, at| {
+                let mut out = Vec::new();
+                if i != responder && i != requester {
+                    return; // redis: replies to PUBLISH
+                }
+                if i == responder {
+                    // Echo it to the reply subject (redis: the agreed reply channel).
+                    pub_cmd(proto, "svc.rep", None, payload, &mut out);
+                    to_send.push((responder_out, out));
+                } else {
+                    if at >= warm {
+                        let t = unstamp(payload).unwrap();
+                        h.record((at.duration_since(epoch).as_nanos() as u64 - t).max(1))
+                            .unwrap();
+                    }
+                    request(&mut out);
+                    to_send.push((requester_out, out));
+                }
+            },
+        );
+        for (i, bytes) in to_send {
+            l.conns[i].out.extend_from_slice(&bytes);
+            l.flush(i);
+        }
+    }
+    assert!(
+        h.len() > 100,
+        "{}: only {} round trips",
+        b.kind.name(),
+        h.len()
+    );
+    (
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+    )
+}
+
+/// Has the broker cut a slow consumer? From its own report where the socket cannot tell.
+fn broker_says_cut(b: &Broker, baseline: &mut Option<u64>) -> bool {
+    match b.kind {
+        Kind::Heartloop => false,
+        Kind::NatsServer => {
+            let Some(n) = http_get(b.http.unwrap(), "/varz")
+                .and_then(|body| json_u64(&body, "\"slow_consumers\":"))
+            else {
+                return false;
+            };
+            let base = *baseline.get_or_insert(n);
+            n > base
+        }
+        Kind::Redis => {
+            let Some(n) = redis_info(b.addr).and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("connected_clients:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            }) else {
+                return false;
+            };
+            // Our admin connection counts too: publisher + 2 subscribers + admin = 4.
+            let base = *baseline.get_or_insert(n);
+            n < base
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn json_u64(body: &str, key: &str) -> Option<u64> {
+    let at = body.find(key)? + key.len();
+    let digits: String = body[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+fn redis_info(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n").ok()?;
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    r.read_line(&mut first).ok()?;
+    let n: usize = first.trim().strip_prefix('$')?.parse().ok()?;
+    let mut body = vec![0; n + 2];
+    r.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+/// Publisher paced at 100k msgs/s of 128 B, one healthy and one stopped subscriber.
+/// Returns (healthy's worst 1-second rate, seconds until the stopped one was cut).
+fn slow_subscriber(b: &Broker, secs: f64) -> (f64, Option<f64>) {
+    let mut l = Load::new(b.kind.proto());
+    let healthy = l.subscribers(b.addr, 1, "bench.slow", 128)[0];
+    let slow = l.subscribers(b.addr, 1, "bench.slow", 128)[0];
+    let p = l.publisher(b.addr);
+    let is_slow = move |i: usize| i != slow;
+    let mut msg = Vec::new();
+    pub_cmd(l.proto, "bench.slow", None, &[b's'; 128], &mut msg);
+    let mut baseline = None;
+    broker_says_cut(b, &mut baseline);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let per_ms = 100u64; // 100k/s
+    let mut sent = 0u64;
+    let mut cut_at = None;
+    let mut last_check = start;
+    let mut sec_start = (start, 0u64);
+    let mut worst = f64::INFINITY;
+    loop {
+        let now = Instant::now();
+        let due = (now.duration_since(start).as_micros() as u64 * per_ms) / 1000;
+        while sent < due {
+            l.conns[p].out.extend_from_slice(&msg);
+            sent += 1;
+        }
+        l.flush(p);
+        l.turn(Duration::from_millis(1), &is_slow, &mut |_, _, _, _, _| {});
+        let now = Instant::now();
+        if cut_at.is_none() {
+            if l.conns[slow].closed {
+                cut_at = Some(now.duration_since(start).as_secs_f64());
+            } else if now.duration_since(last_check) >= Duration::from_millis(100) {
+                last_check = now;
+                if broker_says_cut(b, &mut baseline) {
+                    cut_at = Some(now.duration_since(start).as_secs_f64());
+                }
+            }
+        }
+        if now.duration_since(sec_start.0) >= Duration::from_secs(1) {
+            let got = l.conns[healthy].received - sec_start.1;
+            worst = worst.min(got as f64 / now.duration_since(sec_start.0).as_secs_f64());
+            sec_start = (now, l.conns[healthy].received);
+        }
+        if now >= end {
+            break;
+        }
+    }
+    (worst, cut_at)
+}
+
+// ------------------------------------------------------------------ main
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> io::Result<()> {
+    let mut rounds = 3;
+    let mut secs = 3.0;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
+            "--secs" => secs = args.next().unwrap().parse().unwrap(),
+            "--only" => only = args.next(),
+            "--bench" => {}
+            _ => {}
+        }
+    }
+    // The load generator on core 1, every broker on core 0.
+    let st = Command::new("taskset")
+        .args(["-a", "-cp", "1", &std::process::id().to_string()])
+        .output();
+    if !st.is_ok_and(|o| o.status.success()) {
+        eprintln!("could not pin the load generator to core 1 (taskset)");
+    }
+    let mut kinds = vec![Kind::Heartloop];
+    for (k, prog) in [
+        (Kind::NatsServer, "nats-server"),
+        (Kind::Redis, "redis-server"),
+    ] {
+        if which(prog).is_some() {
+            kinds.push(k);
+        } else {
+            eprintln!("SKIPPED: {} (`apt-get install {prog}`)", k.name());
+        }
+    }
+    let scenarios = [
+        "fanout_100",
+        "fanout_1000",
+        "fanout_1000_paced",
+        "request_reply",
+        "slow_subscriber",
+    ];
+    // results[scenario][kind] = per-round values (up to two figures each)
+    let mut res: HashMap<(&str, Kind), Vec<(f64, f64)>> = HashMap::new();
+    for round in 0..rounds {
+        for (si, sc) in scenarios.iter().enumerate() {
+            if only.as_deref().is_some_and(|o| o != *sc) {
+                continue;
+            }
+            let n = kinds.len();
+            for k in 0..n {
+                let kind = kinds[(k + round + si) % n]; // rotate the order
+                let b = start(kind).expect("broker starts");
+                let v = match *sc {
+                    "fanout_100" => (fanout(&b, 100, secs), 0.0),
+                    "fanout_1000" => (fanout(&b, 1000, secs), 0.0),
+                    "fanout_1000_paced" => fanout_paced(&b, secs),
+                    "request_reply" => request_reply(&b, secs),
+                    _ => {
+                        let (w, cut) = slow_subscriber(&b, secs.max(6.0));
+                        (w, cut.unwrap_or(f64::NAN))
+                    }
+                };
+                eprintln!(
+                    "round {round} {sc:18} {:18} {:>12.1} {:>10.1}",
+                    kind.name(),
+                    v.0,
+                    v.1
+                );
+                res.entry((sc, kind)).or_default().push(v);
+            }
+        }
+    }
+    println!(
+        "\nMedians over {rounds} rounds; last column: heartloop / nats-server, the median of the per-round ratios."
+    );
+    println!(
+        "\n| scenario | {} |{}",
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        if kinds.contains(&Kind::NatsServer) {
+            " heartloop / nats-server |"
+        } else {
+            ""
+        }
+    );
+    let ratio_head = kinds.contains(&Kind::NatsServer);
+    println!(
+        "|---|{}{}",
+        "---|".repeat(kinds.len()),
+        if ratio_head { "---|" } else { "" }
+    );
+    for sc in scenarios {
+        let mut cells = Vec::new();
+        for &k in &kinds {
+            let Some(v) = res.get(&(sc, k)) else {
+                cells.push("-".to_string());
+                continue;
+            };
+            let mut a: Vec<f64> = v.iter().map(|x| x.0).collect();
+            let mut b: Vec<f64> = v.iter().map(|x| x.1).collect();
+            let (a, b) = (median(&mut a), median(&mut b));
+            cells.push(match sc {
+                "fanout_100" | "fanout_1000" => format!("{:.2} M msgs/s", a / 1e6),
+                "fanout_1000_paced" | "request_reply" => format!("p50 {a:.0} µs, p99 {b:.0} µs"),
+                _ => format!(
+                    "worst 1 s {:.1} k/s, cut at {}",
+                    a / 1e3,
+                    if b.is_nan() {
+                        "never".into()
+                    } else {
+                        format!("{b:.1} s")
+                    }
+                ),
+            });
+        }
+        if let (Some(h), Some(n)) = (
+            res.get(&(sc, Kind::Heartloop)),
+            res.get(&(sc, Kind::NatsServer)),
+        ) {
+            let mut r0: Vec<f64> = h.iter().zip(n).map(|(h, n)| h.0 / n.0).collect();
+            let mut r1: Vec<f64> = h.iter().zip(n).map(|(h, n)| h.1 / n.1).collect();
+            let (r0, r1) = (median(&mut r0), median(&mut r1));
+            cells.push(match sc {
+                "fanout_100" | "fanout_1000" => format!("{r0:.2}x (target >= 1)"),
+                "fanout_1000_paced" => format!("p50 {r0:.2}x, p99 {r1:.2}x (target p50 <= 0.5)"),
+                "request_reply" => format!("p50 {r0:.2}x, p99 {r1:.2}x (target <= 1)"),
+                _ => format!("worst-second rate {r0:.2}x"),
+            });
+        }
+        println!("| {sc} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
