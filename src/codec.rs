@@ -7,7 +7,7 @@
 //!   big-endian `u32` and one kind byte ([`Kind`]), then the payload. Ping and Pong frames
 //!   are handled by the reactor (a Ping is answered with a Pong, both count as life);
 //!   only `Data` frames reach the owner. A frame longer than `max_frame` ends the
-//!   connection with [`ProtocolError::FrameTooLarge`](crate::ProtocolError::FrameTooLarge)
+//!   connection with [`ProtocolError::FrameTooLarge`]
 //!   as soon as its header arrives, before any of its payload is buffered.
 //!
 //! This module is sans-IO: it turns buffers into frames and frames into headers.

@@ -49,7 +49,7 @@
 //! * one mio `Poll` drives all sockets and timers (a hierarchical [timer wheel](wheel));
 //! * EOF, reset, HUP and error readiness become [`Event::Disconnected`] with a [`Cause`]
 //!   a person understands; every connection ends exactly once;
-//! * [heartbeat](heartbeat) deadlines live in a min-heap; a silent peer is declared lost
+//! * [`heartbeat`] deadlines live in a min-heap; a silent peer is declared lost
 //!   ([`Cause::HeartbeatTimeout`]) after its timeout, and never falsely: I/O is handled
 //!   before deadlines, and a last non-blocking read precedes every verdict;
 //! * write-side backpressure is explicit ([outbound]): watermarks

@@ -1347,11 +1347,14 @@ impl Reactor {
             Some(p) => log::debug!("{id} ({p}) disconnected: {cause}"),
             None => log::debug!("{id} disconnected: {cause}"),
         }
-        if matches!(cause, Cause::SlowPeer { .. }) {
-            // The peer does not drain. A plain close would leave what the kernel still
-            // holds for it (up to megabytes) in an orphaned socket, retransmitted to a
-            // stalled reader ahead of our FIN: memory held for nothing, and a peer that
-            // only learns it was cut after reading it all. Reset instead.
+        if matches!(
+            cause,
+            Cause::SlowPeer { .. } | Cause::HeartbeatTimeout { .. }
+        ) {
+            // The peer does not drain, or cannot be reached. A plain close would leave
+            // what the kernel still holds for it (up to megabytes) in an orphaned socket,
+            // retransmitted for minutes ahead of our FIN: memory held for nothing, and a
+            // peer that only learns it was cut after reading it all. Reset instead.
             let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
         }
         // Dropping the socket closes the fd, which also removes it from epoll.
