@@ -547,38 +547,52 @@ impl Reactor {
     /// the loop next sleeps. No copy: fan-out of one `Bytes` to many connections costs one
     /// reference count each. Sending never postpones the peer's heartbeat deadline.
     pub fn send(&mut self, id: ConnId, bytes: Bytes) -> Result<(), SendError> {
+        self.send_parts(id, Bytes::new(), bytes)
+    }
+
+    /// Queue one message made of two parts, `head` then `body`, as a unit: both are
+    /// queued or neither (the limits see their sum), and nothing is ever written between
+    /// them. For a broker's per-subscriber header in front of a payload shared by all
+    /// subscribers: `body` is never copied. With `Raw` framing `head` is not copied either;
+    /// with `LengthDelimited` the two make one frame and `head` is copied next to the
+    /// frame header (keep it small).
+    pub fn send_parts(&mut self, id: ConnId, head: Bytes, body: Bytes) -> Result<(), SendError> {
         let total_cap = self.cfg.total_queued_limit;
         let total_policy = self.cfg.total_queued_policy;
         let total = self.stats.bytes_queued as usize;
         let now = self.now;
-        let (header_len, framing) = {
+        let framing = {
             let c = self.conn(id).ok_or(SendError::Stale)?;
             if c.phase == Phase::Closing {
                 return Err(SendError::Closing);
             }
-            match c.cfg.framing {
-                Framing::Raw => (0, c.cfg.framing),
-                Framing::LengthDelimited { .. } => (codec::HEADER_LEN, c.cfg.framing),
-            }
+            c.cfg.framing
         };
-        let len = bytes.len() + header_len;
+        let frame_header = match framing {
+            Framing::Raw => 0,
+            Framing::LengthDelimited { .. } => codec::HEADER_LEN,
+        };
+        let len = frame_header + head.len() + body.len();
         if total.saturating_add(len) > total_cap {
             let queued = self.conn(id).map_or(0, |c| c.out.queued());
             return Err(self.refuse(id, queued, len, total_policy));
         }
         let header = match framing {
-            Framing::Raw => Bytes::new(),
+            Framing::Raw => head,
             Framing::LengthDelimited { .. } => {
-                if self.hdr.capacity() < codec::HEADER_LEN {
-                    self.hdr.reserve(HEADER_ARENA);
+                // Cut from a shared arena: no allocation per message.
+                let n = codec::HEADER_LEN + head.len();
+                if self.hdr.capacity() < n {
+                    self.hdr.reserve(HEADER_ARENA.max(n));
                 }
-                codec::put_header(&mut self.hdr, Kind::Data, bytes.len());
-                self.hdr.split_to(codec::HEADER_LEN).freeze()
+                codec::put_header(&mut self.hdr, Kind::Data, head.len() + body.len());
+                self.hdr.extend_from_slice(&head);
+                self.hdr.split_to(n).freeze()
             }
         };
         let c = self.conn_mut(id).ok_or(SendError::Stale)?;
         let out_cfg = c.cfg.outbound;
-        match c.out.push(header, bytes, &out_cfg, now) {
+        match c.out.push(header, body, &out_cfg, now) {
             Ok(mark) => {
                 let dirty = !c.dirty;
                 c.dirty = true;

@@ -500,12 +500,12 @@ impl Server {
             h.extend_from_slice(&payload);
         } else {
             // Large: the header goes out with what is batched, then the payload `Bytes`
-            // shared by every subscriber (a reference count, no copy). If the queue is
-            // over its limit the reactor ends the connection (slow consumer).
+            // shared by every subscriber (a reference count, no copy), queued as one unit
+            // so a refused send can never tear a message. If the queue is over its limit
+            // the reactor ends the connection (slow consumer).
             let conn = c.conn;
             let batch = std::mem::take(&mut c.out).freeze();
-            let _ = self.reactor.send(conn, batch);
-            let _ = self.reactor.send(conn, payload);
+            let _ = self.reactor.send_parts(conn, batch, payload);
         }
         sub.delivered += 1;
         if sub.max != 0 && sub.delivered >= sub.max {
