@@ -766,6 +766,12 @@ impl Reactor {
     /// How long the loop may sleep before it has something to do: `Some(ZERO)` when work
     /// is pending, `None` when nothing at all is scheduled.
     pub fn next_timeout(&self) -> Option<Duration> {
+        self.timeout_from(Instant::now)
+    }
+
+    /// `next_timeout`, reading the clock only when a deadline is pending (the echo hot
+    /// path with no timers reads it once per turn, not twice).
+    fn timeout_from(&self, now: impl FnOnce() -> Instant) -> Option<Duration> {
         let commands = self
             .shared
             .as_ref()
@@ -778,7 +784,7 @@ impl Reactor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        next.map(|t| t.saturating_duration_since(Instant::now()))
+        next.map(|t| t.saturating_duration_since(now()))
     }
 
     /// Run one turn: wait for I/O or the next deadline (at most `timeout`; `None` = until
