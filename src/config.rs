@@ -180,6 +180,10 @@ pub struct ReactorConfig {
     /// Most [`Handle`](crate::Handle) commands waiting at once; more are refused with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 1,048,576.
     pub handle_queue_limit: usize,
+    /// Backlog given to `listen(2)` (the kernel caps it at `net.core.somaxconn`).
+    /// Default: 4096, so that a storm of connects is queued rather than dropped (a dropped
+    /// SYN costs the client a 1 s retransmit).
+    pub listen_backlog: u32,
 }
 
 impl Default for ReactorConfig {
@@ -192,6 +196,7 @@ impl Default for ReactorConfig {
             total_queued_policy: OverflowPolicy::Reject,
             heartbeat_slack: Duration::from_millis(10),
             handle_queue_limit: 1 << 20,
+            listen_backlog: 4096,
         }
     }
 }
@@ -226,6 +231,12 @@ impl ReactorConfig {
     #[must_use]
     pub fn handle_queue_limit(mut self, n: usize) -> Self {
         self.handle_queue_limit = n.max(1);
+        self
+    }
+    /// Set the `listen(2)` backlog.
+    #[must_use]
+    pub fn listen_backlog(mut self, n: u32) -> Self {
+        self.listen_backlog = n;
         self
     }
     /// Set the heartbeat coalescing slack.

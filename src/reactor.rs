@@ -338,7 +338,7 @@ impl Reactor {
     /// Listen on `addr`; every accepted connection gets `cfg`. Port 0 picks a free port:
     /// read it back with [`local_addr`](Reactor::local_addr).
     pub fn listen(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ListenerId> {
-        let mut sock = TcpListener::bind(addr)?;
+        let mut sock = bind_listener(addr, self.cfg.listen_backlog)?;
         let entry = self.slab.vacant_entry();
         let token = Token(self.token_base + 1 + entry.key());
         self.registry
@@ -1512,4 +1512,16 @@ mod gather_tests {
             "{writes} write calls for {N} small chunks"
         );
     }
+}
+
+/// Bind a non-blocking listener with `SO_REUSEADDR` and the configured backlog (mio's own
+/// `bind` uses 1024 on Linux; a connect storm of thousands needs more).
+fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(TcpListener::from_std(sock.into()))
 }
