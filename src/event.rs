@@ -115,8 +115,9 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// Nothing was sent for the heartbeat interval on a connection whose framing has no
-    /// built-in ping (`Raw`): send your protocol's own ping now.
+    /// A ping is due on a connection whose framing has no built-in ping (`Raw`): nothing
+    /// was sent for the heartbeat interval, or the peer was silent for an interval since
+    /// the last one. Send your protocol's own ping now. At most one per interval.
     HeartbeatDue {
         /// The connection.
         conn: ConnId,

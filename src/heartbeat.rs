@@ -8,11 +8,16 @@
 //!
 //! * Only received bytes prove the peer alive. Our own sends never postpone
 //!   the peer's expiry deadline.
-//! * A ping is due when nothing was *sent* for [`Heartbeat::interval`].
+//! * A ping is due when nothing was *sent* for [`Heartbeat::interval`], so the
+//!   peer hears from us; **and** when nothing was *received* for an interval and
+//!   no ping was sent since, so a peer we are streaming to (and which would
+//!   never hear a ping otherwise) is probed before it could be declared lost.
+//!   Without the second rule a live peer that only answers pings would expire
+//!   under a steady stream of our data.
 //! * The peer is expired when nothing was *received* for [`Heartbeat::timeout`].
 //!
-//! [`Liveness`] keeps the two stamps (`last_recv`, `last_sent`) per connection;
-//! updating them is O(1) per message.
+//! [`Liveness`] keeps three stamps (`last_recv`, `last_sent`, `last_ping`) per
+//! connection; updating them is O(1) per message.
 //!
 //! # Deadline heap
 //!
@@ -39,11 +44,12 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-/// Heartbeat settings: send a ping after `interval` without sending; declare
-/// the peer lost after `timeout` without receiving.
+/// Heartbeat settings: send a ping after `interval` without sending (or without
+/// receiving, at most once per interval); declare the peer lost after `timeout`
+/// without receiving. `timeout` should be a few intervals (3× is usual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
-    /// Send a ping when nothing was sent for this long.
+    /// Send a ping when nothing was sent, or nothing received, for this long.
     pub interval: Duration,
     /// Declare the peer lost when nothing was received for this long.
     pub timeout: Duration,
@@ -96,15 +102,17 @@ pub enum Verdict {
 pub struct Liveness {
     last_recv: Instant,
     last_sent: Instant,
+    last_ping: Instant,
     cfg: Heartbeat,
 }
 
 impl Liveness {
-    /// New stamps for a connection opened at `now` (both stamps = `now`).
+    /// New stamps for a connection opened at `now` (every stamp = `now`).
     pub fn new(cfg: Heartbeat, now: Instant) -> Self {
         Self {
             last_recv: now,
             last_sent: now,
+            last_ping: now,
             cfg,
         }
     }
@@ -119,6 +127,13 @@ impl Liveness {
         self.last_sent = self.last_sent.max(now);
     }
 
+    /// A ping was sent (or asked for) at `now`: counts as a send, and restarts the
+    /// silent-peer probe clock.
+    pub fn on_ping(&mut self, now: Instant) {
+        self.on_send(now);
+        self.last_ping = self.last_ping.max(now);
+    }
+
     /// When bytes were last received.
     pub fn last_recv(&self) -> Instant {
         self.last_recv
@@ -129,9 +144,13 @@ impl Liveness {
         self.cfg
     }
 
-    /// When a ping is due: `last_sent + interval`.
+    /// When a ping is due: `last_sent + interval` (we were silent), or
+    /// `max(last_recv, last_ping) + interval` (the peer was silent and not probed since),
+    /// whichever comes first.
     pub fn ping_due_at(&self) -> Instant {
-        self.last_sent + self.cfg.interval
+        let we_silent = self.last_sent + self.cfg.interval;
+        let peer_silent = self.last_recv.max(self.last_ping) + self.cfg.interval;
+        we_silent.min(peer_silent)
     }
 
     /// When the peer expires: `last_recv + timeout`.
@@ -150,7 +169,7 @@ impl Liveness {
         let silent_for = now.saturating_duration_since(self.last_recv);
         if silent_for >= self.cfg.timeout {
             Verdict::Expired { silent_for }
-        } else if now.saturating_duration_since(self.last_sent) >= self.cfg.interval {
+        } else if now >= self.ping_due_at() {
             Verdict::PingDue
         } else {
             Verdict::Alive
@@ -349,13 +368,57 @@ mod tests {
                     expired.push(k);
                 }
                 Verdict::PingDue => {
-                    l.on_send(now);
+                    l.on_ping(now);
                     heap.push(k, l.next_deadline());
                 }
                 Verdict::Alive => unreachable!("deadline_of <= now implies a verdict"),
             }
         }
         expired
+    }
+
+    /// Regression: we stream to a peer that only answers pings. With "ping when nothing
+    /// was sent" alone it was never pinged, never answered, and expired while alive.
+    #[test]
+    fn a_silent_peer_is_probed_while_we_stream() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(Heartbeat::new(ms(100), ms(300)), t0);
+        let mut pings = Vec::new();
+        for i in 1..=100 {
+            let now = t0 + ms(10 * i);
+            l.on_send(now); // a data message every 10 ms
+            if l.poll(now) == Verdict::PingDue {
+                pings.push(10 * i);
+                l.on_ping(now);
+            }
+        }
+        // One probe per interval of peer silence, never more.
+        // At 300 ms the verdict is Expired, which takes precedence.
+        assert_eq!(pings, [100, 200]);
+        assert!(matches!(l.poll(t0 + ms(1000)), Verdict::Expired { .. }));
+        // A peer that answers each probe stays alive and is probed once per interval after
+        // its last answer.
+        let mut l = Liveness::new(Heartbeat::new(ms(100), ms(300)), t0);
+        l.on_send(t0 + ms(100));
+        assert_eq!(l.poll(t0 + ms(100)), Verdict::PingDue);
+        l.on_ping(t0 + ms(100));
+        l.on_recv(t0 + ms(101)); // the pong
+        let mut probes = Vec::new();
+        for i in 11..=40 {
+            let now = t0 + ms(10 * i);
+            l.on_send(now);
+            assert!(
+                !matches!(l.poll(now), Verdict::Expired { .. }),
+                "at {} ms",
+                10 * i
+            );
+            if l.poll(now) == Verdict::PingDue {
+                probes.push(10 * i);
+                l.on_ping(now);
+                l.on_recv(now + ms(1)); // answered at once
+            }
+        }
+        assert_eq!(probes, [210, 320]);
     }
 
     #[test]
@@ -367,7 +430,9 @@ mod tests {
             assert!(!matches!(l.poll(t0 + ms(10 * i)), Verdict::Expired { .. }));
         }
         assert_eq!(l.expires_at(), t0 + ms(300));
-        assert_eq!(l.next_deadline(), t0 + ms(300));
+        // The peer has been silent for an interval and was never probed: a ping is due
+        // although we keep sending (see `a_silent_peer_is_probed_while_we_stream`).
+        assert_eq!(l.next_deadline(), t0 + ms(100));
         l.on_send(t0 + ms(300));
         assert_eq!(
             l.poll(t0 + ms(300)),

@@ -1321,7 +1321,7 @@ impl Reactor {
                 Verdict::PingDue => {
                     if let Some(l) = c.live.as_mut() {
                         // The ping counts as sent now, whether or not it leaves at once.
-                        l.on_send(now);
+                        l.on_ping(now);
                     }
                     let framing = c.cfg.framing;
                     self.stats.pings += 1;
@@ -1453,6 +1453,18 @@ impl AsFd for Reactor {
     }
 }
 
+/// Bind a non-blocking listener with `SO_REUSEADDR` and the configured backlog (mio's own
+/// `bind` uses 1024 on Linux; a connect storm of thousands needs more).
+fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
 #[cfg(test)]
 mod gather_tests {
     use super::*;
@@ -1512,16 +1524,4 @@ mod gather_tests {
             "{writes} write calls for {N} small chunks"
         );
     }
-}
-
-/// Bind a non-blocking listener with `SO_REUSEADDR` and the configured backlog (mio's own
-/// `bind` uses 1024 on Linux; a connect storm of thousands needs more).
-fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(TcpListener::from_std(sock.into()))
 }

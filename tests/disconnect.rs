@@ -34,7 +34,7 @@ use bytes::Bytes;
 use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, ProtocolError, Reactor, ReactorConfig, SendError,
 };
-use util::{Proc, cpu_time_of, expect_event, fresh_example_bin, tcp_queues};
+use util::{Proc, cpu_time_of, example_bin, expect_event, tcp_queues};
 
 /// The detection bound the issue gives: a peer process that went away is reported within
 /// 100 ms of the event.
@@ -55,7 +55,7 @@ fn ms(d: Duration) -> f64 {
 
 /// A `peer` process with `args` (its address is the first).
 fn peer(args: &[&str]) -> Proc {
-    Proc::spawn(fresh_example_bin("peer"), args)
+    Proc::spawn(example_bin("peer"), args)
 }
 
 /// A reactor listening on 127.0.0.1 with `cfg`, and its address.
@@ -575,7 +575,7 @@ fn echo_at_its_fd_limit_waits_calmly_then_serves_the_waiting_clients() {
     let _s = serial();
     const CLIENTS: usize = 60;
     const CLOSE: usize = 30;
-    let bin = fresh_example_bin("echo");
+    let bin = example_bin("echo");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("ulimit -n 40 && exec \"$0\" --addr 127.0.0.1:0")

@@ -300,7 +300,9 @@ fn receive_only_peer_is_heartbeat_timeout() {
 }
 
 /// On a Raw connection nothing sends pings for us: `HeartbeatDue` fires about once per
-/// interval while we send nothing (never more often), and not at all while we send often.
+/// interval while we send nothing (never more often), and not at all while we send often
+/// and the peer answers (a peer that stays silent while we stream is probed: see the
+/// unit test `a_silent_peer_is_probed_while_we_stream`).
 #[test]
 fn heartbeat_due_on_raw_follows_what_we_send() {
     let interval = ms(100);
@@ -308,9 +310,14 @@ fn heartbeat_due_on_raw_follows_what_we_send() {
         ConnConfig::default().heartbeat(Heartbeat::new(interval, Duration::from_secs(30))),
     );
     let peer = std::thread::spawn(move || {
+        // Echoes what it gets: silent while we are.
         let mut s = TcpStream::connect(addr).expect("connect");
         let mut buf = [0u8; 4096];
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
     });
     let mut log = Vec::new();
     let (conn, _) = accept(&mut r, &mut log);
@@ -341,7 +348,7 @@ fn heartbeat_due_on_raw_follows_what_we_send() {
         "HeartbeatDue {min_gap:?} after the previous one"
     );
 
-    // Busy second: a byte every 20 ms; no ping is due.
+    // Busy second: a byte every 20 ms, echoed back; no ping is due.
     let start = Instant::now();
     let mut busy_dues = 0;
     while start.elapsed() < Duration::from_secs(1) {

@@ -94,8 +94,6 @@ struct Client {
     subs: HashMap<Bytes, usize>,
     /// When bytes last came in.
     last_in: Instant,
-    /// When the ping logic last ran for this client.
-    last_tick: Instant,
     /// PINGs sent since bytes last came in.
     pings_out: u32,
     /// A fatal error or staleness was answered and `close` called: ignore the rest.
@@ -197,7 +195,8 @@ impl Server {
             Event::Accepted { conn, peer, .. } => self.accepted(conn, peer),
             Event::Data { conn, bytes } => self.data(conn, bytes),
             Event::HeartbeatDue { conn } => {
-                // Nothing was sent to this client for ping_interval.
+                // Nothing was sent to this client, or nothing came from it, for
+                // ping_interval (at most once per interval).
                 if let Some(&key) = self.by_conn.get(&conn) {
                     self.ping_tick(key);
                 }
@@ -220,7 +219,6 @@ impl Server {
             name: String::new(),
             subs: HashMap::new(),
             last_in: now,
-            last_tick: now,
             pings_out: 0,
             closing: false,
             out: BytesMut::new(),
@@ -511,23 +509,17 @@ impl Server {
         if sub.max != 0 && sub.delivered >= sub.max {
             self.remove_sub(s);
         }
-        // A client we keep sending to never gets `HeartbeatDue` (that needs outbound
-        // silence), so its ping logic also runs here, at most once per interval.
-        let now = self.reactor.now();
-        if now.saturating_duration_since(self.clients[ck].last_tick) >= self.cfg.ping_interval {
-            self.ping_tick(ck);
-        }
     }
 
     /// The ping logic of nats-server: run once per ping interval; if nothing came in for
     /// an interval, PING; with `ping_max` PINGs unanswered, -ERR 'Stale Connection' and
-    /// close. Driven by `HeartbeatDue` (nothing sent for an interval) and by deliveries.
+    /// close. Driven by `HeartbeatDue`, which also fires for a client we keep streaming to
+    /// once it has been silent for an interval.
     fn ping_tick(&mut self, key: usize) {
         let now = self.reactor.now();
         let interval = self.cfg.ping_interval;
         let ping_max = self.cfg.ping_max;
         let c = &mut self.clients[key];
-        c.last_tick = now;
         if c.closing || now.saturating_duration_since(c.last_in) < interval {
             return;
         }

@@ -11,26 +11,29 @@ use std::time::{Duration, Instant};
 
 use heartloop::{Event, Reactor};
 
-/// Path of a built example binary (`peer`, `echo`, ...), building it on first use when
-/// `cargo test` was run with a filter that skipped building examples.
+/// Path of an example binary (`peer`, `echo`, ...), built once per test process with
+/// `cargo build --example` in the test's own profile, so that an example edited since
+/// the last full `cargo test` is never run stale (`cargo test --test X` builds no
+/// examples). When everything is fresh this costs a fraction of a second.
 #[track_caller]
 pub fn example_bin(name: &str) -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary> -> target/<profile>/examples/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("examples").join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|n| n == name) {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", name]);
+        cmd.args(["build", "--quiet", "--example", name]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd.status().expect("cargo build --example");
         assert!(st.success(), "building example {name} failed");
+        built.push(name.to_string());
     }
     bin
 }
@@ -273,30 +276,6 @@ impl Proc {
 }
 
 // Added for tests/disconnect.rs.
-
-/// Like [`example_bin`], but runs `cargo build --example NAME` once per test process, so an
-/// example edited since the last full `cargo test` is never run stale
-/// (`cargo test --test X` builds no examples, and `example_bin` only builds missing ones).
-#[track_caller]
-pub fn fresh_example_bin(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let bin = example_bin(name);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|n| n == name) {
-        let dir = bin.parent().and_then(|d| d.parent()).expect("target dir");
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", name]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("cargo build --example");
-        assert!(st.success(), "building example {name} failed");
-        built.push(name.to_string());
-    }
-    bin
-}
 
 /// `(send queue, receive queue)` in bytes of the established IPv4 TCP socket whose local
 /// address is `local`, from /proc/net/tcp (tx_queue: sent and not yet acknowledged;
