@@ -397,6 +397,52 @@ fn ping_pong_keeps_two_reactors_alive() {
     }
 }
 
+/// Regression: a peer that only answers pings (no heartbeat of its own) while we stream
+/// to it without pause. "Ping when nothing was sent" alone never pinged it, so it never
+/// answered and was declared lost while alive; a peer silent for an interval is probed.
+#[test]
+fn a_peer_that_only_answers_pings_survives_our_stream() {
+    let (mut server, addr) = listening(
+        ConnConfig::default()
+            .framing(ld())
+            .heartbeat(Heartbeat::new(ms(100), ms(300))),
+    );
+    let mut client = Reactor::new(ReactorConfig::default()).expect("reactor");
+    client
+        .connect(addr, ConnConfig::default().framing(ld()))
+        .expect("connect");
+    let (mut slog, mut clog) = (Vec::new(), Vec::new());
+    let mut evs = Vec::new();
+    let mut conn = None;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        server.poll(&mut evs, Some(ms(5))).expect("poll");
+        conn = conn.or(evs.iter().find_map(|e| match e {
+            Event::Accepted { conn, .. } => Some(*conn),
+            _ => None,
+        }));
+        slog.append(&mut evs);
+        if let Some(c) = conn {
+            let _ = server.send(c, Bytes::from_static(b"tick")); // never silent
+        }
+        client.poll(&mut evs, Some(ms(5))).expect("poll");
+        clog.append(&mut evs);
+    }
+    assert_eq!(
+        count(&slog, is_disconnect),
+        0,
+        "server: {:?}",
+        slog.iter().filter(|e| is_disconnect(e)).collect::<Vec<_>>()
+    );
+    assert_eq!(count(&clog, is_disconnect), 0, "client");
+    assert!(count(&clog, |e| matches!(e, Event::Data { .. })) > 100);
+    let pings = server.stats().pings;
+    assert!(
+        (5..=25).contains(&pings),
+        "{pings} probes in 2 s at a 100 ms interval"
+    );
+}
+
 /// A ping queued while 4 MiB of data wait for a reader that stopped reading is not held
 /// behind that backlog: it goes out at the next message boundary, so the reader meets it
 /// among the first few hundred KiB (what the small kernel buffers held), not after 4 MiB.
