@@ -134,6 +134,18 @@ impl Liveness {
         self.last_ping = self.last_ping.max(now);
     }
 
+    /// We answered the peer's ping at `now`. The peer is probing us, so our own ping is
+    /// held back to a quarter interval past our usual period: with equal settings on
+    /// both sides one side stays the pinger and the other only answers, instead of both
+    /// pinging (which the coalescing of deadlines would otherwise cause, as rounding up
+    /// lengthens each side's period in turn). Half the heartbeat traffic; the peer still
+    /// hears from us every interval, through the pongs.
+    pub fn on_ping_answered(&mut self, now: Instant) {
+        let later = now + self.cfg.interval / 4;
+        self.last_sent = self.last_sent.max(later);
+        self.last_ping = self.last_ping.max(later);
+    }
+
     /// When bytes were last received.
     pub fn last_recv(&self) -> Instant {
         self.last_recv
@@ -375,6 +387,36 @@ mod tests {
             }
         }
         expired
+    }
+
+    #[test]
+    fn answering_pings_makes_us_the_responder() {
+        let t0 = Instant::now();
+        let hb = Heartbeat::new(ms(100), ms(300));
+        // A pings on its schedule; B answers. Simulate 2 s with zero RTT.
+        let (mut a, mut b) = (Liveness::new(hb, t0), Liveness::new(hb, t0 + ms(3)));
+        let (mut a_pings, mut b_pings) = (0, 0);
+        for i in 0..2000 {
+            let now = t0 + ms(i);
+            if a.poll(now) == Verdict::PingDue {
+                a_pings += 1;
+                a.on_ping(now);
+                b.on_recv(now);
+                b.on_ping_answered(now); // B's pong
+                a.on_recv(now);
+            }
+            if b.poll(now) == Verdict::PingDue {
+                b_pings += 1;
+                b.on_ping(now);
+                a.on_recv(now);
+                a.on_ping_answered(now);
+                b.on_recv(now);
+            }
+            assert!(!matches!(a.poll(now), Verdict::Expired { .. }));
+            assert!(!matches!(b.poll(now), Verdict::Expired { .. }));
+        }
+        // A at 100, 200, ..., 1900 ms.
+        assert_eq!((a_pings, b_pings), (19, 0), "one pinger, one responder");
     }
 
     /// Regression: we stream to a peer that only answers pings. With "ping when nothing

@@ -1087,6 +1087,12 @@ impl Reactor {
                 }
             }
         }
+        if pongs > 0 {
+            let now = self.now;
+            if let Some(l) = self.conn_mut(id).and_then(|c| c.live.as_mut()) {
+                l.on_ping_answered(now);
+            }
+        }
         for _ in 0..pongs {
             self.send_control(id, Bytes::from_static(&codec::PONG_FRAME));
         }

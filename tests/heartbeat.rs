@@ -391,10 +391,14 @@ fn ping_pong_keeps_two_reactors_alive() {
     for (what, r) in [("server", &server), ("client", &client)] {
         let s = r.stats();
         assert_eq!(s.open_connections, 1, "{what}");
-        // Each side pings every ~100 ms: at least a dozen in 3 s even on a busy machine.
-        assert!(s.pings >= 12, "{what}: only {} pings in 3 s", s.pings);
         assert!(s.bytes_read > 0, "{what}");
     }
+    // One side pings every ~100 ms and the other answers (see the unit test
+    // `answering_pings_makes_us_the_responder`): at least a dozen in 3 s even on a busy
+    // machine.
+    let (sp, cp) = (server.stats().pings, client.stats().pings);
+    println!("pings: server {sp}, client {cp}");
+    assert!(sp + cp >= 12, "only {} pings in 3 s", sp + cp);
 }
 
 /// Regression: a peer that only answers pings (no heartbeat of its own) while we stream
