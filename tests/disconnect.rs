@@ -859,3 +859,57 @@ fn data_and_fin_in_one_edge_still_report_the_eof() {
             .any(|e| matches!(e, Event::Data { bytes, .. } if &bytes[..] == b"ping"))
     );
 }
+
+/// `max_connections`: a connection beyond the limit is reset at once (the client is not
+/// left hanging in the backlog), counted in `stats().rejected`, and never reported as
+/// accepted; once a connection ends there is room again.
+#[test]
+fn connections_beyond_max_connections_are_reset_and_counted() {
+    let _g = serial();
+    let mut r = Reactor::new(ReactorConfig::default().max_connections(2)).unwrap();
+    let l = r
+        .listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())
+        .unwrap();
+    let addr = r.local_addr(l).unwrap();
+    let mut log = Vec::new();
+    let accepted = |log: &Vec<Event>| {
+        log.iter()
+            .filter(|e| matches!(e, Event::Accepted { .. }))
+            .count()
+    };
+    let a = TcpStream::connect(addr).unwrap();
+    let _b = TcpStream::connect(addr).unwrap();
+    let end = Instant::now() + WAIT;
+    while accepted(&log) < 2 {
+        assert!(Instant::now() < end, "two connections not accepted");
+        util::poll_for(&mut r, &mut log, Duration::from_millis(20));
+    }
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let end = Instant::now() + WAIT;
+    while r.stats().rejected == 0 {
+        assert!(Instant::now() < end, "third connection not rejected");
+        util::poll_for(&mut r, &mut log, Duration::from_millis(20));
+    }
+    let mut buf = [0u8; 1];
+    let err = c
+        .read(&mut buf)
+        .expect_err("the rejected client sees a reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert_eq!(
+        accepted(&log),
+        2,
+        "the rejected connection was never reported"
+    );
+    // Room again once one ends.
+    drop(a);
+    let (_, _) = expect_event(&mut r, &mut log, WAIT, "Disconnected", |e| {
+        matches!(e, Event::Disconnected { .. })
+    });
+    let _d = TcpStream::connect(addr).unwrap();
+    let (_, _) = expect_event(&mut r, &mut log, WAIT, "Accepted", |e| {
+        matches!(e, Event::Accepted { .. })
+    });
+    assert_eq!(r.stats().rejected, 1);
+    assert_eq!(r.open_connections(), 2);
+}
