@@ -23,6 +23,15 @@ impl ConnId {
     pub fn serial(&self) -> u64 {
         self.gen_
     }
+
+    /// The connection's slot: small, dense, and reused by a later connection once this
+    /// one has ended. For owners who keep per-connection state in a `Vec` or `Slab`
+    /// indexed by slot instead of a hash map; check [`serial`](Self::serial) (or clear
+    /// the slot on `Disconnected`) so that a reused slot is not mistaken for the old
+    /// connection.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
 }
 
 impl fmt::Debug for ConnId {

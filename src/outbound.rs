@@ -90,6 +90,18 @@ impl OutboundConfig {
         cfg
     }
 
+    /// Only a hard limit of `bytes` with `policy`, and no watermark events (for owners
+    /// who do not throttle producers, such as a broker that cuts slow consumers).
+    #[must_use]
+    pub const fn limit(bytes: usize, policy: OverflowPolicy) -> Self {
+        let mut cfg = Self::DEFAULT;
+        cfg.low_watermark = usize::MAX;
+        cfg.high_watermark = usize::MAX;
+        cfg.hard_limit = bytes;
+        cfg.policy = policy;
+        cfg
+    }
+
     /// Sets the hard limit in bytes and the policy applied when it is hit.
     #[must_use]
     pub const fn hard_limit(mut self, bytes: usize, policy: OverflowPolicy) -> Self {
@@ -414,6 +426,24 @@ mod tests {
 
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn limit_only_config_never_reports_watermarks() {
+        let t0 = Instant::now();
+        let cfg = OutboundConfig::limit(100, OverflowPolicy::Reject);
+        let mut q = OutboundQueue::new();
+        for _ in 0..10 {
+            assert_eq!(
+                q.push(Bytes::new(), Bytes::from(vec![0u8; 10]), &cfg, t0),
+                Ok(None)
+            );
+        }
+        assert!(
+            q.push(Bytes::new(), Bytes::from(vec![0u8; 1]), &cfg, t0)
+                .is_err()
+        );
+        assert_eq!(q.consumed(100, &cfg, t0), None);
     }
 
     #[test]

@@ -148,8 +148,9 @@ impl Server {
                 cfg.ping_interval * (cfg.ping_max + 2),
             ))
             .outbound(
-                OutboundConfig::watermarks(pending / 4, pending / 2)
-                    .hard_limit(pending, OverflowPolicy::Disconnect)
+                // No watermarks: one slow subscriber never slows the publisher; the
+                // hard limit and the stall deadline decide.
+                OutboundConfig::limit(pending, OverflowPolicy::Disconnect)
                     .on_stall(cfg.write_deadline),
             );
         let listener = reactor.listen(cfg.addr, conn)?;
@@ -202,9 +203,6 @@ impl Server {
                 }
             }
             Event::Disconnected { conn, cause } => self.disconnected(conn, cause),
-            // A subscriber's queue crossed a watermark. We do not slow the publisher for
-            // one slow subscriber: the hard limit and the stall deadline decide.
-            Event::WriteBlocked { .. } | Event::Writable { .. } => {}
             _ => {}
         }
     }
