@@ -120,20 +120,10 @@ fn main() {
         }
     }
 
-    let mut md = String::new();
-    let _ = writeln!(md, "# Round-trip latency (loopback)\n");
-    let _ = writeln!(md, "{machine}- load average at end: {}", report::loadavg());
-    let _ = writeln!(
-        md,
-        "- {} interleaved rounds, {:.2} s measured per run after {:.2} s warm-up{}; figures are medians over the rounds, ratios are per-round ratios' medians. The targets compare heartloop with the better of mio and tokio: the larger of its two median ratios (a per-round minimum of two noisy figures would be biased low).\n",
-        opts.rounds,
-        opts.measure.as_secs_f64(),
-        opts.warmup.as_secs_f64(),
-        if opts.smoke {
-            " (SMOKE RUN: too short to be meaningful)"
-        } else {
-            ""
-        }
+    let mut md = opts.md_header(
+        "Round-trip latency (loopback)",
+        &machine,
+        "figures are medians over the rounds, ratios are per-round ratios' medians. The targets compare heartloop with the better of mio and tokio: the larger of its two median ratios (a per-round minimum of two noisy figures would be biased low).",
     );
     let mut csv = String::from(
         "scenario,server,round,p50_us,p90_us,p99_us,p999_us,max_us,msgs_per_s,server_cpu_us_per_msg,p50_x_mio,p99_x_mio,p50_x_tokio,p99_x_tokio\n",

@@ -164,20 +164,10 @@ fn main() {
         "tokio broadcast lagged by {lagged} messages: the window is too large"
     );
 
-    let mut md = String::new();
-    let _ = writeln!(md, "# Throughput (loopback)\n");
-    let _ = writeln!(md, "{machine}- load average at end: {}", report::loadavg());
-    let _ = writeln!(
-        md,
-        "- {} interleaved rounds, {:.2} s measured per run after {:.2} s warm-up{}; figures are medians over the rounds, ratios are per-round ratios' medians. MB/s counts the echoed payload once (10^6 B). Server CPU is the server thread's (threads') CPU time per message; the CPU ratio is inverted (× tokio > 1 means heartloop spends less).\n",
-        opts.rounds,
-        opts.measure.as_secs_f64(),
-        opts.warmup.as_secs_f64(),
-        if opts.smoke {
-            " (SMOKE RUN: too short to be meaningful)"
-        } else {
-            ""
-        }
+    let mut md = opts.md_header(
+        "Throughput (loopback)",
+        &machine,
+        "figures are medians over the rounds, ratios are per-round ratios' medians. MB/s counts the echoed payload once (10^6 B). Server CPU is the server thread's (threads') CPU time per message; the CPU ratio is inverted (× tokio > 1 means heartloop spends less).",
     );
     let mut csv = String::from(
         "scenario,server,round,msgs_per_s,mb_per_s,server_cpu_ns_per_msg,p99_us,rate_x_mio,rate_x_tokio\n",

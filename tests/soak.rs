@@ -23,7 +23,7 @@ mod netns;
 mod util;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, TryRecvError, channel};
@@ -67,16 +67,8 @@ impl Client {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let out = child.stdout.take().expect("piped");
         let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        util::pump_lines(child.stdout.take().expect("piped"), tx);
         Client {
             name: name.to_string(),
             stdin: child.stdin.take(),

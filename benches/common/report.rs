@@ -24,6 +24,28 @@ pub struct Opts {
 }
 
 impl Opts {
+    /// The opening of a markdown report: title, machine, load, and how the figures were
+    /// taken (`method`: what the figures and ratios mean for this bench).
+    pub fn md_header(&self, title: &str, machine: &str, method: &str) -> String {
+        use std::fmt::Write as _;
+        let mut md = String::new();
+        let _ = writeln!(md, "# {title}\n");
+        let _ = writeln!(md, "{machine}- load average at end: {}", loadavg());
+        let _ = writeln!(
+            md,
+            "- {} interleaved rounds, {:.2} s measured per run after {:.2} s warm-up{}; {method}\n",
+            self.rounds,
+            self.measure.as_secs_f64(),
+            self.warmup.as_secs_f64(),
+            if self.smoke {
+                " (SMOKE RUN: too short to be meaningful)"
+            } else {
+                ""
+            }
+        );
+        md
+    }
+
     /// Whether to run the scenario called `name`.
     pub fn wants(&self, name: &str) -> bool {
         self.only.as_deref().is_none_or(|o| name.contains(o))

@@ -64,16 +64,8 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let out = child.stdout.take().unwrap();
         let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        pump_lines(child.stdout.take().unwrap(), tx);
         Proc {
             child,
             lines: rx,
@@ -136,6 +128,19 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Forward every line of `src` (a child's stdout or stderr) to `tx` from a thread of its
+/// own, until the stream ends or nobody listens.
+pub fn pump_lines(src: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(src).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// CPU time (user + system) of a process, from /proc/<pid>/stat.
@@ -227,16 +232,6 @@ impl Proc {
     /// Like [`Proc::from_command`], but the child's stderr lines are collected too,
     /// interleaved with its stdout lines as they arrive.
     pub fn from_command_with_stderr_lines(mut cmd: Command) -> Proc {
-        fn pump(src: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
-            std::thread::spawn(move || {
-                for line in BufReader::new(src).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,8 +239,8 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, rx) = channel();
-        pump(child.stdout.take().unwrap(), tx.clone());
-        pump(child.stderr.take().unwrap(), tx);
+        pump_lines(child.stdout.take().unwrap(), tx.clone());
+        pump_lines(child.stderr.take().unwrap(), tx);
         Proc {
             child,
             lines: rx,
