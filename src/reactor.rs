@@ -39,8 +39,13 @@ use crate::wheel::{TimerKey, Wheel};
 
 /// Size of the shared read buffer refilled when it runs low.
 const READ_BUF: usize = 64 * 1024;
-/// Below this much room, the shared read buffer is refilled before a read.
-const READ_MIN: usize = 4 * 1024;
+/// At or below this much room, the shared read buffer is refilled before a read.
+///
+/// 16 KiB, not less: a read that exactly fills what is offered cannot tell "drained" from
+/// "more waiting" and costs an extra `WouldBlock` read. With a small threshold a stream of
+/// 16 KiB messages met an exact fit every fourth message (64 KiB / 16 KiB); now a message
+/// of up to 16 KiB always gets more room than it needs.
+const READ_MIN: usize = 16 * 1024;
 /// Most buffers handed to one `writev`.
 const MAX_IOV: usize = 64;
 /// Below this average chunk length a flush copies the chunks into one buffer and makes a
@@ -981,7 +986,7 @@ impl Reactor {
         let now = self.now;
         let mut got = 0usize;
         loop {
-            if self.rbuf.len() < READ_MIN {
+            if self.rbuf.len() <= READ_MIN {
                 // Reclaims the old allocation when every `Data` cut from it was dropped.
                 self.rbuf.clear();
                 self.rbuf.reserve(READ_BUF);
