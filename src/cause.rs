@@ -66,8 +66,6 @@ pub enum Cause {
     /// We closed it ([`Reactor::close`](crate::Reactor::close) or
     /// [`Reactor::abort`](crate::Reactor::abort)).
     Closed,
-    /// The reactor limit on connections was reached; this connection was turned away.
-    Rejected,
 }
 
 impl Cause {
@@ -140,7 +138,6 @@ impl fmt::Display for Cause {
             Cause::Protocol(e) => write!(f, "protocol error: {e}"),
             Cause::Io(kind) => write!(f, "I/O error: {kind}"),
             Cause::Closed => f.write_str("closed by us"),
-            Cause::Rejected => f.write_str("turned away: connection limit reached"),
         }
     }
 }
