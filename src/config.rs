@@ -214,10 +214,11 @@ impl ReactorConfig {
         self.accept_budget = n.max(1);
         self
     }
-    /// Set the first back-off after `EMFILE`/`ENFILE`.
+    /// Set the first back-off after `EMFILE`/`ENFILE` (at least 1 ms: a zero back-off
+    /// would spin).
     #[must_use]
     pub fn accept_backoff(mut self, t: Duration) -> Self {
-        self.accept_backoff = t;
+        self.accept_backoff = t.max(Duration::from_millis(1));
         self
     }
     /// Set the cap on bytes queued across all connections and its policy.

@@ -20,7 +20,8 @@ pub(crate) enum Phase {
     Connecting,
     /// Open both ways (or read-closed in half-close mode).
     Open,
-    /// `close` was called: flushing the queue, then FIN. Nothing more is read.
+    /// `close` was called: flushing the queue, then FIN, then waiting (bounded by the
+    /// linger time) for the peer's EOF. What the peer still sends is read and discarded.
     Closing,
 }
 
@@ -38,6 +39,10 @@ pub(crate) struct Conn {
     pub(crate) live: Option<Liveness>,
     /// The owner paused reading.
     pub(crate) read_paused: bool,
+    /// Read-closed readiness was seen (the peer's FIN is queued, maybe behind data).
+    pub(crate) fin_seen: bool,
+    /// `close` was called while connecting: close once connected and flushed.
+    pub(crate) close_requested: bool,
     /// EOF was read (half-close mode): nothing more to read.
     pub(crate) read_eof: bool,
     /// The last write did not take everything: wait for writable readiness.
@@ -63,6 +68,8 @@ impl Conn {
             out: OutboundQueue::new(),
             live: None,
             read_paused: false,
+            fin_seen: false,
+            close_requested: false,
             read_eof: false,
             write_blocked: false,
             dirty: false,
@@ -73,8 +80,14 @@ impl Conn {
         }
     }
 
-    /// Whether the reactor should read from it now.
+    /// Whether the reactor should read from it now. A closing connection reads (and
+    /// discards) until the peer's EOF: closing a socket with unread input makes Linux
+    /// reset the connection and drop what is still in flight to the peer.
     pub(crate) fn wants_read(&self) -> bool {
-        self.phase == Phase::Open && !self.read_paused && !self.read_eof
+        match self.phase {
+            Phase::Open => !self.read_paused && !self.read_eof,
+            Phase::Closing => !self.read_eof,
+            Phase::Connecting => false,
+        }
     }
 }

@@ -438,7 +438,8 @@ impl Reactor {
                     // descriptors are free again.
                     let d = l
                         .backoff
-                        .map_or(self.cfg.accept_backoff, |d| (d * 2).min(MAX_ACCEPT_BACKOFF));
+                        .map_or(self.cfg.accept_backoff, |d| (d * 2).min(MAX_ACCEPT_BACKOFF))
+                        .max(Duration::from_millis(1)); // never a zero back-off: it would spin
                     l.backoff = Some(d);
                     self.stats.accept_backoffs += 1;
                     log::warn!("accept failed ({e}); retrying in {d:?}");
@@ -595,8 +596,16 @@ impl Reactor {
                 self.hdr.split_to(n).freeze()
             }
         };
+        let in_turn = self.in_turn;
         let c = self.conn_mut(id).ok_or(SendError::Stale)?;
         let out_cfg = c.cfg.outbound;
+        // An empty queue starts its stall clock with this push: between turns the turn's
+        // `now` may be old (the owner worked), so read the clock then.
+        let now = if c.out.is_empty() && !in_turn {
+            Instant::now()
+        } else {
+            now
+        };
         match c.out.push(header, body, &out_cfg, now) {
             Ok(mark) => {
                 let dirty = !c.dirty;
@@ -641,22 +650,33 @@ impl Reactor {
         self.stats.bytes_queued_peak = self.stats.bytes_queued_peak.max(self.stats.bytes_queued);
     }
 
-    /// Close gracefully: flush what is queued (for at most the connection's `linger`), then
-    /// FIN. Ends with `Disconnected { cause: Closed }` once everything was handed to the
-    /// kernel (or `SlowPeer` if linger ran out first). Returns `false` for a stale id.
+    /// Close gracefully: flush what is queued, send FIN, and wait for the peer's EOF while
+    /// discarding what it still sends (a lingering close: closing a socket with unread
+    /// input would reset the connection and lose what is still in flight), all bounded by
+    /// the connection's `linger`. Ends with `Disconnected { cause: Closed }` at the peer's
+    /// EOF, or when linger runs out with everything handed to the kernel; `SlowPeer` if
+    /// linger ran out with bytes still queued. With nothing queued it ends at once.
+    /// Returns `false` for a stale id.
     pub fn close(&mut self, id: ConnId) -> bool {
         let Some(c) = self.conn_mut(id) else {
             return false;
         };
-        if c.phase == Phase::Closing {
+        if c.phase == Phase::Closing || c.close_requested {
             return true;
         }
-        if c.out.is_empty() || c.phase == Phase::Connecting {
+        if c.out.is_empty() {
+            // Nothing to deliver: end now. Unread input would turn our FIN into a reset,
+            // so read what is waiting first (bounded).
+            drain_input(&mut c.sock);
             let _ = c.sock.shutdown(Shutdown::Write);
             self.end(id, Cause::Closed);
             return true;
         }
-        c.phase = Phase::Closing;
+        if c.phase == Phase::Connecting {
+            c.close_requested = true; // flushed, then closed, once connected
+        } else {
+            c.phase = Phase::Closing;
+        }
         let linger = c.cfg.linger;
         let key = self
             .wheel
@@ -868,9 +888,13 @@ impl Reactor {
             match self.slab.get_mut(index) {
                 Some(Entry::Conn(c)) if c.id.gen_ == gen_ => {
                     c.in_ready = false;
+                    let id = c.id;
                     if c.wants_read() {
-                        let id = c.id;
                         self.read_conn(id, false);
+                    } else if c.read_paused && c.fin_seen && !c.cfg.half_close {
+                        // Paused with the peer's FIN already seen (its edge was spent on a
+                        // read that ran out of budget): no edge will come again.
+                        self.end(id, Cause::PeerClosed);
                     }
                 }
                 Some(Entry::Listener(l)) if l.id.gen_ == gen_ => {
@@ -911,6 +935,11 @@ impl Reactor {
             }
         }
         let Some(c) = self.conn_mut(id) else { return };
+        if r.read_closed {
+            // Remembered: the read that consumes this edge may stop on its budget, and a
+            // paused connection must still be reported gone (see serve_ready).
+            c.fin_seen = true;
+        }
         if r.error {
             match c.sock.take_error() {
                 Ok(Some(e)) | Err(e) => {
@@ -955,7 +984,11 @@ impl Reactor {
         }
         match c.sock.peer_addr() {
             Ok(addr) => {
-                c.phase = Phase::Open;
+                c.phase = if c.close_requested {
+                    Phase::Closing
+                } else {
+                    Phase::Open
+                };
                 c.peer = Some(addr);
                 let timer = c.connect_timer.take();
                 let has_out = !c.out.is_empty();
@@ -999,7 +1032,12 @@ impl Reactor {
             self.stats.read_calls += 1;
             match c.sock.read(&mut self.rbuf[..]) {
                 Ok(0) => {
-                    if c.cfg.half_close {
+                    if c.phase == Phase::Closing {
+                        c.read_eof = true;
+                        if c.out.is_empty() {
+                            self.end(id, Cause::Closed);
+                        }
+                    } else if c.cfg.half_close {
                         c.read_eof = true;
                         self.pending.push(Event::PeerHalfClosed { conn: id });
                     } else {
@@ -1049,6 +1087,9 @@ impl Reactor {
         let Some(Entry::Conn(c)) = self.slab.get_mut(id.index as usize) else {
             return Ok(());
         };
+        if c.phase == Phase::Closing {
+            return Ok(()); // closing: what the peer still sends is discarded
+        }
         let max_frame = match c.cfg.framing {
             Framing::Raw => {
                 self.pending.push(Event::Data {
@@ -1211,7 +1252,10 @@ impl Reactor {
             c.out.shrink_if_idle();
             if c.phase == Phase::Closing {
                 let _ = c.sock.shutdown(Shutdown::Write);
-                self.end(id, Cause::Closed);
+                if c.read_eof {
+                    self.end(id, Cause::Closed);
+                }
+                // else: wait for the peer's EOF (read_conn), bounded by the linger timer.
             }
         } else if c.stall_timer.is_none()
             && let Some(at) = c.out.stall_deadline(&cfg)
@@ -1245,6 +1289,11 @@ impl Reactor {
                     let now = self.now;
                     if let Some(c) = self.conn_mut(id) {
                         c.linger_timer = None;
+                        if c.out.is_empty() {
+                            // Delivered; the peer just did not close its side in time.
+                            self.end(id, Cause::Closed);
+                            continue;
+                        }
                         let queued = c.out.queued();
                         let cfg = c.out_cfg();
                         let stalled_for = c.out.stalled(&cfg, now).unwrap_or(c.cfg.linger);
@@ -1329,6 +1378,7 @@ impl Reactor {
                         continue;
                     }
                 }
+                Verdict::PingDue if c.phase == Phase::Closing => {} // no more sends
                 Verdict::PingDue => {
                     if let Some(l) = c.live.as_mut() {
                         // The ping counts as sent now, whether or not it leaves at once.
@@ -1397,6 +1447,19 @@ impl Reactor {
 impl Conn {
     fn out_cfg(&self) -> crate::outbound::OutboundConfig {
         self.cfg.outbound
+    }
+}
+
+/// Read and discard what waits in the socket's receive queue (at most 256 KiB), so that
+/// closing it sends FIN rather than a reset.
+fn drain_input(sock: &mut TcpStream) {
+    let mut buf = [0u8; 8192];
+    for _ in 0..32 {
+        match sock.read(&mut buf) {
+            Ok(n) if n == buf.len() => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return, // drained, EOF, WouldBlock or an error
+        }
     }
 }
 

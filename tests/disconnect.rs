@@ -913,3 +913,99 @@ fn connections_beyond_max_connections_are_reset_and_counted() {
     assert_eq!(r.stats().rejected, 1);
     assert_eq!(r.open_connections(), 2);
 }
+
+/// Regression: `close()` with megabytes queued while the peer had sent bytes we never
+/// read. Dropping a socket with unread input makes Linux answer with a reset and purge
+/// what is still in flight, so the peer got a fraction of the data and ECONNRESET while we
+/// reported `Closed`. A closing connection now reads and discards until the peer's EOF.
+#[test]
+fn close_with_unread_input_still_delivers_everything() {
+    use std::io::Write;
+    const TOTAL: usize = 2 << 20;
+    let _g = serial();
+    let (mut r, addr) = listening(ConnConfig::default());
+    let client = std::thread::spawn(move || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(8192).unwrap(); // our bytes wait in the server's queue
+        sock.connect(&addr.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        s.write_all(b"never read by the server").unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => got += n,
+                Err(e) => return (got, Some(e.kind())),
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let (ev, _) = expect_event(&mut r, &mut log, WAIT, "Accepted", |e| {
+        matches!(e, Event::Accepted { .. })
+    });
+    let conn = ev.conn().unwrap();
+    for _ in 0..TOTAL / 65536 {
+        r.send(conn, Bytes::from(vec![7u8; 65536])).unwrap();
+    }
+    assert!(r.close(conn));
+    let (ev, _) = expect_event(&mut r, &mut log, WAIT, "Disconnected", |e| {
+        matches!(e, Event::Disconnected { .. })
+    });
+    let (got, err) = client.join().unwrap();
+    assert_eq!(
+        (got, err),
+        (TOTAL, None),
+        "the peer must get everything, then EOF"
+    );
+    assert!(
+        matches!(
+            ev,
+            Event::Disconnected {
+                cause: Cause::Closed,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        !log.iter().any(|e| matches!(e, Event::Data { .. })),
+        "discarded while closing"
+    );
+}
+
+/// Regression: `close()` right after `connect()` and `send()` (before the connect
+/// completed) dropped the queued request; it is now flushed once connected, then closed.
+#[test]
+fn close_while_connecting_still_flushes_what_was_queued() {
+    let _g = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
+    let conn = r.connect(addr, ConnConfig::default()).unwrap();
+    r.send(conn, Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"))
+        .unwrap();
+    assert!(r.close(conn));
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap(); // until our FIN
+        got
+    });
+    let mut log = Vec::new();
+    let (ev, _) = expect_event(&mut r, &mut log, WAIT, "Disconnected", |e| {
+        matches!(e, Event::Disconnected { .. })
+    });
+    assert!(
+        matches!(
+            ev,
+            Event::Disconnected {
+                cause: Cause::Closed,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(server.join().unwrap(), b"GET / HTTP/1.0\r\n\r\n");
+}
