@@ -350,42 +350,34 @@ fn next_line(p: &mut Proc) -> (String, Instant) {
     (line, Instant::now())
 }
 
-#[test]
-fn local_close_is_closed_and_the_peer_sees_fin() {
+/// End the connection locally with `end` (close or abort): the cause is `Closed`, and
+/// the peer process prints `peer_line` (`EOF` for a FIN, `RESET` for a reset).
+fn local_end(end: fn(&mut Reactor, ConnId) -> bool, what: &str, peer_line: &str) {
     let _s = serial();
     let (mut r, addr) = listening(ConnConfig::default());
     let mut log = Vec::new();
     let (mut p, conn, _) = accept_peer(&mut r, &mut log, addr, "idle");
-    assert!(r.close(conn));
+    assert!(end(&mut r, conn));
     let t0 = Instant::now();
     let (_, cause, lat) = disconnected(&mut r, &mut log, Some(conn), t0);
     assert_eq!(cause, Cause::Closed, "events: {log:?}");
-    report("local close -> Closed", lat, DETECT);
+    report(&format!("local {what} -> Closed"), lat, DETECT);
     let (line, at) = next_line(&mut p);
-    assert_eq!(line, "EOF", "the peer should see a FIN");
+    assert_eq!(line, peer_line, "what the peer should see after our {what}");
     println!(
-        "LATENCY local close -> peer prints EOF: {:.3} ms",
+        "LATENCY local {what} -> peer prints {peer_line}: {:.3} ms",
         ms(at - t0)
     );
 }
 
 #[test]
+fn local_close_is_closed_and_the_peer_sees_fin() {
+    local_end(Reactor::close, "close", "EOF");
+}
+
+#[test]
 fn local_abort_is_closed_and_the_peer_sees_a_reset() {
-    let _s = serial();
-    let (mut r, addr) = listening(ConnConfig::default());
-    let mut log = Vec::new();
-    let (mut p, conn, _) = accept_peer(&mut r, &mut log, addr, "idle");
-    assert!(r.abort(conn));
-    let t0 = Instant::now();
-    let (_, cause, lat) = disconnected(&mut r, &mut log, Some(conn), t0);
-    assert_eq!(cause, Cause::Closed, "events: {log:?}");
-    report("local abort -> Closed", lat, DETECT);
-    let (line, at) = next_line(&mut p);
-    assert_eq!(line, "RESET", "the peer should see a reset");
-    println!(
-        "LATENCY local abort -> peer prints RESET: {:.3} ms",
-        ms(at - t0)
-    );
+    local_end(Reactor::abort, "abort", "RESET");
 }
 
 #[test]
