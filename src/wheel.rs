@@ -90,11 +90,13 @@ fn slot_width(level: usize) -> u64 {
 /// Opaque handle to a scheduled timer, returned by [`Wheel::insert`].
 ///
 /// It holds a slab index and a generation, so the key of a fired or
-/// cancelled timer never cancels another timer that reuses the entry.
+/// cancelled timer never cancels another timer that reuses the entry. The
+/// generation is 64 bits wide and never wraps (2^64 reuses of one entry would
+/// take centuries at a billion a second).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerKey {
     index: u32,
-    generation: u32,
+    generation: u64,
 }
 
 /// One slab entry: a pending timer, or a free entry when `value` is `None`.
@@ -102,7 +104,7 @@ struct Entry<T> {
     value: Option<T>,
     /// Effective deadline tick.
     deadline: u64,
-    generation: u32,
+    generation: u64,
     prev: u32,
     /// Next in the slot list; for a free entry, next in the free list.
     next: u32,
@@ -371,7 +373,7 @@ impl<T> Wheel<T> {
     fn release(&mut self, index: u32) -> T {
         let entry = &mut self.entries[index as usize];
         let value = entry.value.take().expect("released a free entry");
-        entry.generation = entry.generation.wrapping_add(1);
+        entry.generation += 1;
         entry.next = self.free_head;
         self.free_head = index;
         self.len -= 1;
@@ -383,6 +385,14 @@ impl<T> Wheel<T> {
         let generation = self.entries[index as usize].generation;
         let value = self.release(index);
         out.push((TimerKey { index, generation }, value));
+    }
+}
+
+#[cfg(test)]
+impl<T> Wheel<T> {
+    /// Let entry `index` look as if it had been reused `by` more times.
+    fn age_entry(&mut self, index: u32, by: u64) {
+        self.entries[index as usize].generation += by;
     }
 }
 
@@ -545,6 +555,23 @@ mod tests {
         w.advance(t0 + ms(3), &mut out);
         assert_eq!(out, vec![(c, 'c')]);
         assert_eq!(w.entries.len(), 1, "slab reused");
+    }
+
+    /// Regression: the generation was a `u32` that wrapped, so after 2^32 reuses of one
+    /// entry a key kept from its first use cancelled the timer then in it.
+    #[test]
+    fn old_key_never_cancels_a_timer_after_2_pow_32_reuses() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0);
+        let old = w.insert(t0 + ms(5), 'a');
+        assert_eq!(w.cancel(old), Some('a'));
+        // As if the entry had been reused 2^32 - 1 more times; the next insert is the
+        // 2^32-th reuse since `old` was handed out.
+        w.age_entry(old.index, (1 << 32) - 1);
+        let new = w.insert(t0 + ms(5), 'b');
+        assert_eq!(new.index, old.index, "the entry is reused");
+        assert_eq!(w.cancel(old), None, "a stale key cancelled a newer timer");
+        assert_eq!(w.cancel(new), Some('b'));
     }
 
     #[test]
