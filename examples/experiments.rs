@@ -271,7 +271,7 @@ fn half_closes(row: &mut Row) -> Result<(), String> {
     };
     let half = p.expect_line("HALFCLOSED", PROMPT)?;
     row.cause = "PeerHalfClosed".into();
-    row.saw = Cause::PeerHalfClosed.to_string();
+    row.saw = "peer finished sending (half-close); we may still send".into();
     row.detect = Some(at.saturating_duration_since(half.at));
     // Writing still works: answer, then close; the peer counts what it got.
     r.send(conn, Bytes::from_static(REPLY))

@@ -5,7 +5,7 @@
 //!
 //! | kernel report | cause |
 //! |---|---|
-//! | `read() == 0` | [`Cause::PeerClosed`] (or [`Cause::PeerHalfClosed`] in half-close mode) |
+//! | `read() == 0` | [`Cause::PeerClosed`] (in half-close mode [`Event::PeerHalfClosed`](crate::Event::PeerHalfClosed) instead, and the connection stays open) |
 //! | `ECONNRESET`, `EPIPE`, `ECONNABORTED` on read, write or `SO_ERROR` | [`Cause::Reset`] |
 //! | `ECONNREFUSED` while connecting | [`Cause::ConnectRefused`] |
 //! | connect not finished before its deadline | [`Cause::ConnectTimeout`] |
@@ -28,11 +28,6 @@ pub enum Cause {
     /// The peer closed its side (`read() == 0`): its process exited, was killed while
     /// nothing was unread, or it closed the socket. Immediate on Linux.
     PeerClosed,
-    /// The peer shut down its writing side (half-close) and we had asked to be told
-    /// ([`ConnConfig::half_close`](crate::ConnConfig::half_close)). We may still send;
-    /// the connection ends when we close it. Only reported as the cause of a
-    /// [`Event::PeerHalfClosed`](crate::Event::PeerHalfClosed), never of a `Disconnected`.
-    PeerHalfClosed,
     /// The connection was reset (`ECONNRESET`, `EPIPE`, `ECONNABORTED`): the peer died
     /// with data it never read, or aborted the connection on purpose.
     Reset,
@@ -102,9 +97,6 @@ impl fmt::Display for Cause {
         match self {
             Cause::PeerClosed => {
                 f.write_str("peer closed the connection (its process exited or closed the socket)")
-            }
-            Cause::PeerHalfClosed => {
-                f.write_str("peer finished sending (half-close); we may still send")
             }
             Cause::Reset => {
                 f.write_str("connection reset by peer: it died with unread data or aborted")

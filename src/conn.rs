@@ -1,4 +1,4 @@
-//! One connection's state: socket, partial frame, outbound queue, liveness, flags.
+//! One connection's state: socket, lifecycle, partial frame, outbound queue, liveness.
 //!
 //! Plain data owned by the reactor's slab; the reactor does the syscalls.
 
@@ -10,20 +10,9 @@ use mio::net::TcpStream;
 use crate::config::ConnConfig;
 use crate::event::ConnId;
 use crate::heartbeat::Liveness;
+use crate::lifecycle::Lifecycle;
 use crate::outbound::OutboundQueue;
 use crate::wheel::TimerKey;
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Outgoing connect in progress.
-    Connecting,
-    /// Open both ways (or read-closed in half-close mode).
-    Open,
-    /// `close` was called: flushing the queue, then FIN, then waiting (bounded by the
-    /// linger time) for the peer's EOF. What the peer still sends is read and discarded.
-    Closing,
-}
 
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -31,20 +20,16 @@ pub(crate) struct Conn {
     pub(crate) sock: TcpStream,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) cfg: ConnConfig,
-    pub(crate) phase: Phase,
+    /// Where the connection is in its life: every decision to end it is made there.
+    pub(crate) lc: Lifecycle,
     /// Bytes of an incomplete frame (length-delimited framing only). Empty, with no
     /// allocation, whenever no frame is half-received: idle connections hold no buffer.
     pub(crate) partial: BytesMut,
     pub(crate) out: OutboundQueue,
     pub(crate) live: Option<Liveness>,
-    /// The owner paused reading.
-    pub(crate) read_paused: bool,
-    /// Read-closed readiness was seen (the peer's FIN is queued, maybe behind data).
-    pub(crate) fin_seen: bool,
-    /// `close` was called while connecting: close once connected and flushed.
-    pub(crate) close_requested: bool,
-    /// EOF was read (half-close mode): nothing more to read.
-    pub(crate) read_eof: bool,
+    /// While reading is paused: the bytes waiting in the kernel at the last heartbeat
+    /// verdict (more of them later is a sign of life; the same ones are not).
+    pub(crate) waiting: usize,
     /// The last write did not take everything: wait for writable readiness.
     pub(crate) write_blocked: bool,
     /// In the reactor's dirty list (has queued bytes to flush this turn).
@@ -57,37 +42,23 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, sock: TcpStream, cfg: ConnConfig, phase: Phase) -> Conn {
+    pub(crate) fn new(id: ConnId, sock: TcpStream, cfg: ConnConfig, lc: Lifecycle) -> Conn {
         Conn {
             id,
             sock,
             peer: None,
             cfg,
-            phase,
+            lc,
             partial: BytesMut::new(),
             out: OutboundQueue::new(),
             live: None,
-            read_paused: false,
-            fin_seen: false,
-            close_requested: false,
-            read_eof: false,
+            waiting: 0,
             write_blocked: false,
             dirty: false,
             in_ready: false,
             connect_timer: None,
             stall_timer: None,
             linger_timer: None,
-        }
-    }
-
-    /// Whether the reactor should read from it now. A closing connection reads (and
-    /// discards) until the peer's EOF: closing a socket with unread input makes Linux
-    /// reset the connection and drop what is still in flight to the peer.
-    pub(crate) fn wants_read(&self) -> bool {
-        match self.phase {
-            Phase::Open => !self.read_paused && !self.read_eof,
-            Phase::Closing => !self.read_eof,
-            Phase::Connecting => false,
         }
     }
 }

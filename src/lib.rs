@@ -121,18 +121,21 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod cause;
+mod clock;
 pub mod codec;
 mod config;
 mod conn;
 mod event;
 mod handle;
 pub mod heartbeat;
+mod lifecycle;
 pub mod outbound;
 mod reactor;
 mod stats;
 pub mod wheel;
 
 pub use cause::{Cause, ProtocolError};
+pub use clock::Clock;
 pub use codec::Framing;
 pub use config::{ConnConfig, Keepalive, ReactorConfig};
 pub use event::{ConnId, Event, ListenerId, Readiness, SourceId, TimerId};

@@ -31,7 +31,7 @@ pub struct DisconnectCounts {
 impl DisconnectCounts {
     pub(crate) fn count(&mut self, cause: &Cause) {
         let slot = match cause {
-            Cause::PeerClosed | Cause::PeerHalfClosed => &mut self.peer_closed,
+            Cause::PeerClosed => &mut self.peer_closed,
             Cause::Reset => &mut self.reset,
             Cause::HeartbeatTimeout { .. } => &mut self.heartbeat_timeout,
             Cause::TimedOut => &mut self.timed_out,

@@ -1,0 +1,165 @@
+//! Listeners: bind, accept within a budget, and back off on a timer when file descriptors
+//! run out.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::Interest;
+use mio::net::TcpListener;
+
+use super::Reactor;
+use super::expiry::Timeout;
+use super::table::Entry;
+use crate::config::ConnConfig;
+use crate::event::{Event, ListenerId};
+use crate::lifecycle::Lifecycle;
+use crate::wheel::TimerKey;
+
+/// Longest accept back-off while file descriptors stay exhausted.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) id: ListenerId,
+    sock: TcpListener,
+    cfg: ConnConfig,
+    /// Current back-off after fd exhaustion; `None` while accepting normally.
+    backoff: Option<Duration>,
+    pub(crate) retry_timer: Option<TimerKey>,
+    pub(crate) in_ready: bool,
+}
+
+impl Reactor {
+    /// Listen on `addr`; every accepted connection gets `cfg`. Port 0 picks a free port:
+    /// read it back with [`local_addr`](Reactor::local_addr).
+    pub fn listen(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ListenerId> {
+        let mut sock = bind_listener(addr, self.cfg.listen_backlog)?;
+        let registry = &self.registry;
+        let key = self.table.insert(|key, token| {
+            registry.register(&mut sock, token, Interest::READABLE)?;
+            Ok(Entry::Listener(Box::new(Listener {
+                id: ListenerId {
+                    gen_: key.serial,
+                    index: key.index,
+                },
+                sock,
+                cfg,
+                backoff: None,
+                retry_timer: None,
+                in_ready: false,
+            })))
+        })?;
+        Ok(ListenerId {
+            gen_: key.serial,
+            index: key.index,
+        })
+    }
+
+    /// The address a listener is bound to.
+    pub fn local_addr(&self, id: ListenerId) -> io::Result<SocketAddr> {
+        match self.table.get(id) {
+            Some(Entry::Listener(l)) => l.sock.local_addr(),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such listener")),
+        }
+    }
+
+    /// Stop listening. Connections it accepted are not affected.
+    pub fn unlisten(&mut self, id: ListenerId) -> bool {
+        let Some(l) = self.table.listener_mut(id) else {
+            return false;
+        };
+        let _ = self.registry.deregister(&mut l.sock);
+        if let Some(t) = l.retry_timer.take() {
+            self.wheel.cancel(t);
+        }
+        self.table.remove(id);
+        true
+    }
+
+    pub(super) fn accept_ready(&mut self, lid: ListenerId) {
+        for _ in 0..self.cfg.accept_budget {
+            let Some(l) = self.table.listener_mut(lid) else {
+                return;
+            };
+            if l.retry_timer.is_some() {
+                return; // backing off: the retry timer will come back
+            }
+            match l.sock.accept() {
+                Ok((sock, peer)) => {
+                    l.backoff = None;
+                    let cfg = l.cfg;
+                    if self.open_connections() >= self.cfg.max_connections {
+                        // Defined outcome at the limit: the peer sees a reset at once
+                        // instead of hanging in the backlog.
+                        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                        drop(sock);
+                        self.stats.rejected += 1;
+                        log::warn!("{peer} turned away: max_connections reached");
+                        continue;
+                    }
+                    match self.add_conn(sock, cfg, Lifecycle::accepted(cfg.half_close)) {
+                        Ok(conn) => {
+                            self.stats.accepted += 1;
+                            self.pending.push(Event::Accepted {
+                                listener: lid,
+                                conn,
+                                peer,
+                            });
+                            if let Some(c) = self.table.conn_mut(conn) {
+                                c.peer = Some(peer);
+                            }
+                            self.start_heartbeat(conn);
+                        }
+                        Err(e) => log::warn!("accepted {peer} but could not register it: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM (or anything unexpected): the pending
+                    // connection stays in the backlog. Retrying at once would spin, so back
+                    // off on a timer, doubling while it keeps failing. Unlike libuv's reserve
+                    // fd, nobody is accepted-and-dropped: clients wait and are served once
+                    // descriptors are free again.
+                    let d = l
+                        .backoff
+                        .map_or(self.cfg.accept_backoff, |d| (d * 2).min(MAX_ACCEPT_BACKOFF))
+                        .max(Duration::from_millis(1)); // never a zero back-off: it would spin
+                    l.backoff = Some(d);
+                    self.stats.accept_backoffs += 1;
+                    log::warn!("accept failed ({e}); retrying in {d:?}");
+                    let key = self.wheel.insert(self.now + d, Timeout::AcceptRetry(lid));
+                    if let Some(l) = self.table.listener_mut(lid) {
+                        l.retry_timer = Some(key);
+                    }
+                    return;
+                }
+            }
+        }
+        // Budget used up: come back next turn, after the others had their share.
+        if let Some(l) = self.table.listener_mut(lid)
+            && !l.in_ready
+        {
+            l.in_ready = true;
+            self.ready.push_back(lid.into());
+        }
+    }
+}
+
+/// Bind a non-blocking listener with `SO_REUSEADDR` and the configured backlog (mio's own
+/// `bind` uses 1024 on Linux; a connect storm of thousands needs more).
+fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(TcpListener::from_std(sock.into()))
+}

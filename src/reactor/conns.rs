@@ -1,0 +1,379 @@
+//! Connections: connect, what readiness means for one, the owner's close, abort and pause,
+//! and the one place a connection ends.
+//!
+//! Every decision is the [`Lifecycle`]'s: the code here reports facts to it and carries out
+//! the [`Step`] it returns ([`Reactor::obey`]).
+
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use super::expiry::Timeout;
+use super::table::Entry;
+use super::{Conn, Reactor};
+use crate::cause::Cause;
+use crate::config::ConnConfig;
+use crate::event::{ConnId, Event, Readiness};
+use crate::heartbeat::Liveness;
+use crate::lifecycle::{Lifecycle, Step};
+
+impl Reactor {
+    /// Start a non-blocking connect. The result arrives as [`Event::Connected`] or as
+    /// [`Event::Disconnected`] with `ConnectRefused`, `ConnectTimeout` or another cause.
+    /// Errors the OS reports at once (bad address, no route, fd exhaustion) are returned.
+    /// Sends made before the connection completes are queued and flushed once it does.
+    pub fn connect(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ConnId> {
+        let sock = TcpStream::connect(addr)?;
+        let id = self.add_conn(sock, cfg, Lifecycle::connecting(cfg.half_close))?;
+        if let Some(t) = cfg.connect_timeout {
+            // Called between turns: read the clock, the turn's `now` may be old.
+            let key = self
+                .wheel
+                .insert(self.clock.now() + t, Timeout::Connect(id));
+            if let Some(c) = self.table.conn_mut(id) {
+                c.connect_timer = Some(key);
+            }
+        }
+        Ok(id)
+    }
+
+    pub(super) fn add_conn(
+        &mut self,
+        mut sock: TcpStream,
+        cfg: ConnConfig,
+        lc: Lifecycle,
+    ) -> io::Result<ConnId> {
+        apply_socket_options(&sock, &cfg);
+        let registry = &self.registry;
+        let key = self.table.insert(|key, token| {
+            registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+            let id = ConnId {
+                gen_: key.serial,
+                index: key.index,
+            };
+            Ok(Entry::Conn(Box::new(Conn::new(id, sock, cfg, lc))))
+        })?;
+        self.stats.open_connections += 1;
+        Ok(ConnId {
+            gen_: key.serial,
+            index: key.index,
+        })
+    }
+
+    pub(super) fn start_heartbeat(&mut self, id: ConnId) {
+        let now = self.now.max(self.clock.now());
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        if let Some(hb) = c.cfg.heartbeat {
+            let live = Liveness::new(hb, now);
+            c.live = Some(live);
+            self.heap.push(id, live.next_deadline());
+            self.heartbeat_conns += 1;
+        }
+    }
+
+    /// Whether `id` names a live connection.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.table.conn(id).is_some()
+    }
+
+    /// The peer's address, once known.
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.table.conn(id).and_then(|c| c.peer)
+    }
+
+    /// Bytes queued for the connection (`None` if stale).
+    pub fn queued(&self, id: ConnId) -> Option<usize> {
+        self.table.conn(id).map(|c| c.out.queued())
+    }
+
+    /// Close gracefully: flush what is queued, send FIN, and wait for the peer's EOF while
+    /// discarding what it still sends (a lingering close: closing a socket with unread
+    /// input would reset the connection and lose what is still in flight), all bounded by
+    /// the connection's `linger`. Ends with `Disconnected { cause: Closed }` at the peer's
+    /// EOF, or when linger runs out with everything handed to the kernel; `SlowPeer` if
+    /// linger ran out with bytes still queued. With nothing queued it ends at once.
+    /// Returns `false` for a stale id.
+    pub fn close(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        match c.lc.on_close_requested(!c.out.is_empty()) {
+            Step::End(cause) => {
+                // Nothing to deliver: end now. Unread input would turn our FIN into a
+                // reset, so read what is waiting first (bounded).
+                drain_input(&mut c.sock);
+                let _ = c.sock.shutdown(Shutdown::Write);
+                self.end(id, cause);
+            }
+            step => self.obey(id, step),
+        }
+        true
+    }
+
+    /// Close at once with a reset (`SO_LINGER` 0): queued bytes are dropped and the peer
+    /// sees `ECONNRESET`. Ends with `Disconnected { cause: Closed }`. `false` if stale.
+    pub fn abort(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+        let step = c.lc.on_abort();
+        self.obey(id, step);
+        true
+    }
+
+    /// Stop reading from the connection (read-side flow control). The peer's bytes wait in
+    /// the kernel and TCP pushes back on the peer. While paused, a reset or error still
+    /// ends the connection at once, and so does the peer's FIN unless the connection is in
+    /// half-close mode (then the FIN is reported in order, after the data, once resumed).
+    pub fn pause_reading(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        let step = c.lc.on_pause();
+        self.obey(id, step);
+        true
+    }
+
+    /// Resume reading; what arrived meanwhile is read in the next turn.
+    pub fn resume_reading(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        if c.lc.on_resume() == Step::Read {
+            self.schedule_read(id);
+        }
+        true
+    }
+
+    /// Whether reading is paused.
+    pub fn is_reading_paused(&self, id: ConnId) -> bool {
+        self.table.conn(id).is_some_and(|c| c.lc.is_paused())
+    }
+
+    /// Put the connection on the ready queue (served first next turn).
+    pub(super) fn schedule_read(&mut self, id: ConnId) {
+        if let Some(c) = self.table.conn_mut(id)
+            && !c.in_ready
+        {
+            c.in_ready = true;
+            self.ready.push_back(id.into());
+        }
+    }
+
+    /// What OS readiness means for a connection. Reads come before the error and before
+    /// writes: bytes that arrived in front of a reset are delivered, not lost to a failed
+    /// write or to `SO_ERROR`.
+    pub(super) fn conn_ready(&mut self, id: ConnId, r: Readiness) {
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        if c.lc.is_connecting() {
+            if r.writable || r.error || r.read_closed {
+                self.finish_connect(id);
+            }
+            if self.table.conn(id).is_none_or(|c| c.lc.is_connecting()) {
+                return; // ended, or not connected yet
+            }
+        }
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        // An error is taken after the read that may still deliver the bytes in front of
+        // it, or at once when not reading (paused: a reset beats the FIN it came with).
+        let read_first = r.error && c.lc.on_error_readiness() == Step::Read;
+        if r.error && !read_first && self.take_error(id) {
+            return;
+        }
+        if r.read_closed
+            && let Some(c) = self.table.conn_mut(id)
+        {
+            let step = c.lc.on_read_closed();
+            self.obey(id, step);
+        }
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        if (r.readable || r.read_closed || read_first) && c.lc.wants_read() {
+            // With read-closed or error readiness the FIN (or the error) is queued behind
+            // the data: no further edge will come for it, so read on to the end.
+            self.read_conn(id, !r.read_closed && !r.error);
+        }
+        if read_first && self.take_error(id) {
+            return;
+        }
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        if r.writable {
+            c.write_blocked = false;
+            if !c.out.is_empty() {
+                self.flush_conn(id);
+            }
+        }
+    }
+
+    /// Take the socket's pending error, if any, and end the connection with it. Whether
+    /// it ended.
+    fn take_error(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return true;
+        };
+        match c.sock.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                let step = c.lc.on_error(Cause::from_io(&e));
+                self.obey(id, step);
+                !self.is_open(id)
+            }
+            Ok(None) => false, // a read found out, or nothing is wrong
+        }
+    }
+
+    fn finish_connect(&mut self, id: ConnId) {
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        let step = match c.sock.take_error() {
+            Ok(Some(e)) | Err(e) => c.lc.on_error(Cause::from_io(&e)),
+            Ok(None) => match c.sock.peer_addr() {
+                Ok(addr) => {
+                    c.peer = Some(addr);
+                    if let Some(t) = c.connect_timer.take() {
+                        self.wheel.cancel(t);
+                    }
+                    c.lc.on_connected()
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Step::Continue, // not yet
+                Err(e) => c.lc.on_error(Cause::from_io(&e)),
+            },
+        };
+        self.obey(id, step);
+    }
+
+    /// Carry out what the lifecycle decided. Every end of a connection passes here.
+    pub(super) fn obey(&mut self, id: ConnId, step: Step) {
+        match step {
+            Step::Continue | Step::Deliver | Step::Discard => {}
+            Step::Read => {
+                self.read_conn(id, false);
+            }
+            Step::Connected => {
+                self.stats.connected += 1;
+                self.pending.push(Event::Connected { conn: id });
+                self.start_heartbeat(id);
+                if self.table.conn(id).is_some_and(|c| !c.out.is_empty()) {
+                    self.mark_dirty(id);
+                }
+            }
+            Step::HalfClosed => {
+                self.pending.push(Event::PeerHalfClosed { conn: id });
+                // The peer can no longer send the bytes that prove it alive: its heartbeat
+                // stops (a dead peer shows up as a failed write, TCP_USER_TIMEOUT or stall).
+                if let Some(c) = self.table.conn_mut(id)
+                    && c.live.take().is_some()
+                {
+                    self.heartbeat_conns -= 1;
+                }
+            }
+            Step::Linger => {
+                let Some(c) = self.table.conn_mut(id) else {
+                    return;
+                };
+                // Called between turns: read the clock, the turn's `now` may be old.
+                let at = self.clock.now() + c.cfg.linger;
+                let key = self.wheel.insert(at, Timeout::Linger(id));
+                if let Some(c) = self.table.conn_mut(id) {
+                    c.linger_timer = Some(key);
+                }
+                self.mark_dirty(id);
+            }
+            Step::Fin => {
+                if let Some(c) = self.table.conn_mut(id) {
+                    let _ = c.sock.shutdown(Shutdown::Write);
+                }
+            }
+            Step::End(cause) => self.end(id, cause),
+        }
+    }
+
+    /// End a connection: exactly once, with exactly one `Disconnected` event. Only the
+    /// lifecycle's `End` step leads here.
+    fn end(&mut self, id: ConnId, cause: Cause) {
+        let Some(Entry::Conn(c)) = self.table.remove(id) else {
+            return;
+        };
+        self.stats.bytes_queued -= c.out.queued() as u64;
+        self.stats.open_connections -= 1;
+        if c.live.is_some() {
+            self.heartbeat_conns -= 1;
+        }
+        for t in [c.connect_timer, c.stall_timer, c.linger_timer]
+            .into_iter()
+            .flatten()
+        {
+            self.wheel.cancel(t);
+        }
+        self.stats.disconnects.count(&cause);
+        match c.peer {
+            Some(p) => log::debug!("{id} ({p}) disconnected: {cause}"),
+            None => log::debug!("{id} disconnected: {cause}"),
+        }
+        if matches!(
+            cause,
+            Cause::SlowPeer { .. } | Cause::HeartbeatTimeout { .. }
+        ) {
+            // The peer does not drain, or cannot be reached. A plain close would leave
+            // what the kernel still holds for it (up to megabytes) in an orphaned socket,
+            // retransmitted for minutes ahead of our FIN: memory held for nothing, and a
+            // peer that only learns it was cut after reading it all. Reset instead.
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+        }
+        // Dropping the socket closes the fd, which also removes it from epoll.
+        drop(c);
+        self.pending.push(Event::Disconnected { conn: id, cause });
+    }
+}
+
+/// Read and discard what waits in the socket's receive queue (at most 256 KiB), so that
+/// closing it sends FIN rather than a reset.
+fn drain_input(sock: &mut TcpStream) {
+    let mut buf = [0u8; 8192];
+    for _ in 0..32 {
+        match sock.read(&mut buf) {
+            Ok(n) if n == buf.len() => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return, // drained, EOF, WouldBlock or an error
+        }
+    }
+}
+
+fn apply_socket_options(sock: &TcpStream, cfg: &ConnConfig) {
+    let s = socket2::SockRef::from(sock);
+    let apply = |what: &str, r: io::Result<()>| {
+        if let Err(e) = r {
+            log::debug!("setting {what}: {e}");
+        }
+    };
+    apply("TCP_NODELAY", s.set_tcp_nodelay(cfg.nodelay));
+    if let Some(k) = cfg.keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        apply("SO_KEEPALIVE", s.set_tcp_keepalive(&ka));
+    }
+    if let Some(t) = cfg.user_timeout {
+        apply("TCP_USER_TIMEOUT", s.set_tcp_user_timeout(Some(t)));
+    }
+    if let Some(n) = cfg.send_buffer {
+        apply("SO_SNDBUF", s.set_send_buffer_size(n));
+    }
+    if let Some(n) = cfg.recv_buffer {
+        apply("SO_RCVBUF", s.set_recv_buffer_size(n));
+    }
+}

@@ -1,0 +1,152 @@
+//! Deadlines: user timers, connect timeouts, stall and linger timers (all on the wheel),
+//! and heartbeat verdicts (the lazy deadline heap). Each runs after the turn's I/O.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Reactor;
+use crate::codec::{self, Framing};
+use crate::event::{ConnId, Event, ListenerId, TimerId};
+use crate::heartbeat::{self, Verdict};
+
+/// What a wheel timer is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Timeout {
+    User { tag: u64 },
+    Connect(ConnId),
+    Stall(ConnId),
+    Linger(ConnId),
+    AcceptRetry(ListenerId),
+}
+
+impl Reactor {
+    /// Fire [`Event::Timer`] with `tag` after `after` (rounded up to the millisecond).
+    pub fn set_timer(&mut self, after: Duration, tag: u64) -> TimerId {
+        TimerId(
+            self.wheel
+                .insert(self.clock.now() + after, Timeout::User { tag }),
+        )
+    }
+
+    /// Cancel a timer; `false` if it already fired or was cancelled.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.wheel.cancel(id.0).is_some()
+    }
+
+    pub(super) fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(self.now, &mut fired);
+        for (key, t) in fired.drain(..) {
+            match t {
+                Timeout::User { tag } => self.pending.push(Event::Timer {
+                    id: TimerId(key),
+                    tag,
+                }),
+                Timeout::Connect(id) => {
+                    if let Some(c) = self.table.conn_mut(id) {
+                        c.connect_timer = None;
+                        let step = c.lc.on_connect_timeout();
+                        self.obey(id, step);
+                    }
+                }
+                Timeout::Stall(id) => self.check_stall(id),
+                Timeout::Linger(id) => {
+                    if let Some(c) = self.table.conn_mut(id) {
+                        c.linger_timer = None;
+                        let cfg = c.cfg.outbound;
+                        let stalled_for = c.out.stalled(&cfg, self.now).unwrap_or(c.cfg.linger);
+                        let step = c.lc.on_linger_expired(c.out.queued(), stalled_for);
+                        self.obey(id, step);
+                    }
+                }
+                Timeout::AcceptRetry(lid) => {
+                    if let Some(l) = self.table.listener_mut(lid) {
+                        l.retry_timer = None;
+                        self.accept_ready(lid);
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn check_stall(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(c) = self.table.conn_mut(id) else {
+            return;
+        };
+        c.stall_timer = None;
+        let cfg = c.cfg.outbound;
+        if let Some(stalled_for) = c.out.stalled(&cfg, now) {
+            let step = c.lc.on_slow_peer(c.out.queued(), stalled_for);
+            self.obey(id, step);
+        } else if let Some(at) = c.out.stall_deadline(&cfg) {
+            let key = self.wheel.insert(at, super::expiry::Timeout::Stall(id));
+            if let Some(c) = self.table.conn_mut(id) {
+                c.stall_timer = Some(key);
+            }
+        }
+    }
+
+    pub(super) fn expire_heartbeats(&mut self) {
+        let now = self.now;
+        let mut due = std::mem::take(&mut self.due);
+        let table = &self.table;
+        heartbeat::drain_due(
+            &mut self.heap,
+            now,
+            |id| {
+                table
+                    .conn(id)
+                    .and_then(|c| c.live.map(|l| l.next_deadline()))
+            },
+            &mut due,
+        );
+        for id in due.drain(..) {
+            let Some(c) = self.table.conn_mut(id) else {
+                continue;
+            };
+            let Some(live) = c.live else {
+                continue;
+            };
+            match live.poll(now) {
+                Verdict::Alive => {}
+                Verdict::Expired { .. } => {
+                    // No verdict without a last non-blocking read: bytes that wait in the
+                    // kernel prove the peer alive, even if the owner stalled the loop for
+                    // longer than the timeout.
+                    let last = self.last_read(id);
+                    let Some(c) = self.table.conn_mut(id) else {
+                        continue;
+                    };
+                    if let Some(Verdict::Expired { silent_for }) = c.live.map(|l| l.poll(now)) {
+                        let step = c.lc.on_heartbeat_expired(silent_for, last);
+                        self.obey(id, step);
+                    }
+                }
+                Verdict::PingDue if !c.lc.may_ping() => {} // closing: no more sends
+                Verdict::PingDue => {
+                    if let Some(l) = c.live.as_mut() {
+                        // The ping counts as sent now, whether or not it leaves at once.
+                        l.on_ping(now);
+                    }
+                    let framing = c.cfg.framing;
+                    self.stats.pings += 1;
+                    match framing {
+                        Framing::LengthDelimited { .. } => {
+                            self.send_control(id, Bytes::from_static(&codec::PING_FRAME));
+                        }
+                        Framing::Raw => self.pending.push(Event::HeartbeatDue { conn: id }),
+                    }
+                }
+            }
+            if let Some(c) = self.table.conn(id)
+                && let Some(l) = c.live
+            {
+                self.heap.push(id, l.next_deadline());
+            }
+        }
+        self.due = due;
+    }
+}

@@ -1,0 +1,188 @@
+//! The reactor: one mio `Poll`, a table of connections and listeners, and the turn.
+//!
+//! The reactor makes the syscalls; what they mean for a connection is decided by its
+//! [`Lifecycle`](crate::lifecycle::Lifecycle), which the reactor feeds with facts and
+//! obeys. One concern per file:
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the `Reactor` struct, construction, counters |
+//! | `table.rs` | the slab behind ids and tokens, with serial checks (no stale hit) |
+//! | `turn.rs` | the turn: poll, dispatch, ready queue, expiry, hand-over |
+//! | `accept.rs` | listeners, accepting, EMFILE back-off |
+//! | `conns.rs` | connect, readiness of a connection, close, abort, pause, the one `end` |
+//! | `read.rs` | the read path and framing into events |
+//! | `write.rs` | send, the deferred flush, vectored and gathered writes |
+//! | `expiry.rs` | timers (wheel), stall, linger, heartbeat verdicts |
+//! | `embed.rs` | hosted mode, the handle, user sources, the poll fd |
+//!
+//! # One turn ([`Reactor::poll`])
+//!
+//! 1. Flush what the owner queued since the last turn (writes are deferred and batched).
+//! 2. Sleep in the OS poll until I/O, the earliest timer or heartbeat deadline, or the
+//!    owner's timeout; not at all while work is pending (ready queue, undelivered events).
+//! 3. Read the clock once: `now` for the whole turn.
+//! 4. Serve the ready queue (connections whose read budget ran out last turn), then the
+//!    OS events: accept, connect completion, read, write, error and hang-up.
+//! 5. Expire timers, then heartbeat deadlines. I/O comes first, so a peer whose bytes
+//!    arrived is never declared lost, and a connection is declared lost only after a last
+//!    non-blocking read found nothing.
+//! 6. Flush again (pongs, pings, echoes queued in this turn), and hand the events over.
+
+mod accept;
+mod conns;
+mod embed;
+mod expiry;
+mod read;
+mod table;
+mod turn;
+mod write;
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mio::{Events, Poll, Registry};
+
+use crate::clock::Clock;
+use crate::config::ReactorConfig;
+use crate::event::{ConnId, Event};
+use crate::handle::{Command, Shared};
+use crate::heartbeat::DeadlineHeap;
+use crate::stats::Stats;
+use crate::wheel::{TimerKey, Wheel};
+
+pub(crate) use crate::conn::Conn;
+pub(crate) use accept::Listener;
+pub(crate) use embed::UserSource;
+use expiry::Timeout;
+pub use table::TOKEN_SPAN;
+use table::{Key, Table};
+pub use write::SendError;
+
+/// The event loop. See the [crate docs](crate) for the story and an example.
+///
+/// Single-threaded: every method is called on the thread that polls. Events are collected
+/// in [`poll`](Reactor::poll); sends and closes made between polls take effect in the next.
+#[derive(Debug)]
+pub struct Reactor {
+    poll: Option<Poll>,
+    registry: Registry,
+    events: Events,
+    /// Connections, listeners and user sources; ids and tokens are checked there.
+    table: Table,
+    cfg: ReactorConfig,
+    /// The one source of time (see [`Clock`]).
+    clock: Clock,
+    wheel: Wheel<Timeout>,
+    heap: DeadlineHeap<ConnId>,
+    /// Connections (and listeners) with work left from a previous turn, served first.
+    ready: VecDeque<Key>,
+    /// Connections with queued bytes to flush before the loop sleeps.
+    dirty: Vec<ConnId>,
+    /// Events produced since the last hand-over.
+    pending: Vec<Event>,
+    /// Shared read buffer; `Data` events are slices of it. Kept fully initialized.
+    rbuf: BytesMut,
+    /// Arena for frame headers.
+    hdr: BytesMut,
+    /// Where a flush gathers many small chunks into one write.
+    wbuf: Vec<u8>,
+    /// Spare capacity handed to the kernel when counting the bytes that wait in a paused
+    /// connection's receive queue (never written: see `read::waiting_bytes`).
+    peek_buf: Vec<u8>,
+    fired: Vec<(TimerKey, Timeout)>,
+    due: Vec<ConnId>,
+    now: Instant,
+    stats: Stats,
+    heartbeat_conns: usize,
+    /// Shared with the handles, created by the first [`Reactor::handle`] call.
+    shared: Option<Arc<Shared>>,
+    commands: VecDeque<Command>,
+    /// A hosted turn has started (`now` was read by the first `handle_event`).
+    in_turn: bool,
+}
+
+impl Reactor {
+    /// A reactor that owns its `mio::Poll`.
+    pub fn new(cfg: ReactorConfig) -> io::Result<Reactor> {
+        Reactor::with_clock(cfg, Clock::system())
+    }
+
+    /// A reactor that owns its `mio::Poll` and reads time from `clock`: with
+    /// [`Clock::manual`], tests and simulations step time instead of sleeping.
+    pub fn with_clock(cfg: ReactorConfig, clock: Clock) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let mut r = Reactor::with_registry(registry, 0, cfg, clock);
+        r.poll = Some(poll);
+        Ok(r)
+    }
+
+    fn with_registry(
+        registry: Registry,
+        token_base: usize,
+        cfg: ReactorConfig,
+        clock: Clock,
+    ) -> Reactor {
+        let now = clock.now();
+        Reactor {
+            poll: None,
+            registry,
+            events: Events::with_capacity(1024),
+            table: Table::new(token_base),
+            cfg,
+            clock,
+            wheel: Wheel::new(now),
+            heap: DeadlineHeap::new(now, cfg.heartbeat_slack),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            pending: Vec::new(),
+            rbuf: BytesMut::new(),
+            hdr: BytesMut::new(),
+            wbuf: Vec::new(),
+            peek_buf: Vec::new(),
+            fired: Vec::new(),
+            due: Vec::new(),
+            now,
+            stats: Stats::default(),
+            heartbeat_conns: 0,
+            shared: None,
+            commands: VecDeque::new(),
+            in_turn: false,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.open_connections = self.open_connections() as u64;
+        s
+    }
+
+    /// Connections open now (connecting, open or closing).
+    pub fn open_connections(&self) -> usize {
+        self.stats.open_connections as usize
+    }
+
+    /// The `now` of the latest turn.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The clock this reactor reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared {
+            s.gone.store(true, Ordering::Release);
+        }
+    }
+}
