@@ -301,9 +301,9 @@ impl<K: Copy + Ord> DeadlineHeap<K> {
 /// invalidation; the new "scheduled" instant is `heap.coalesce(deadline)`).
 /// Otherwise append `key` to `due`.
 ///
-/// The caller then evaluates [`Liveness::poll`] for each due key (and, per the
-/// crate's principle, performs a last non-blocking read before declaring
-/// Expired), and re-pushes the connection's next deadline itself: a due key's
+/// The caller then evaluates [`Liveness::poll`] for each due key (and performs
+/// a last non-blocking read before declaring Expired: the reactor's lifecycle
+/// gives no heartbeat verdict without one, see ARCHITECTURE.md), and re-pushes the connection's next deadline itself: a due key's
 /// entry has been consumed.
 ///
 /// Bounded: a re-pushed entry lands at an instant `> now`, so each entry is

@@ -113,9 +113,14 @@
 //!
 //! ## Layers
 //!
-//! [`Reactor`] makes every syscall. The policy modules [`wheel`], [`heartbeat`],
-//! [`outbound`] and [`codec`] are sans-IO state machines: they take `now: Instant` and
-//! bytes as arguments, never read a clock, and are tested with made-up instants.
+//! [`Reactor`] makes every syscall. Whether and why a connection ends is decided by one
+//! sans-IO state machine per connection (the lifecycle: facts in, steps out), so every end
+//! is reported exactly once, after the bytes that preceded it. The policy modules
+//! [`wheel`], [`heartbeat`], [`outbound`] and [`codec`] are sans-IO too: they take
+//! `now: Instant` and bytes as arguments, never read a clock, and are tested with made-up
+//! instants. The reactor reads time only from its [`Clock`]; with [`Clock::manual`] a test
+//! steps time over real sockets instead of sleeping. The repository's `ARCHITECTURE.md`
+//! has the states, the turn, and where each invariant is enforced and tested.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
