@@ -24,8 +24,9 @@
 //!   ([`Lifecycle::on_error_readiness`] asks for a read before the error is taken).
 //! * A heartbeat verdict needs a [`LastRead`], which only a read (or, while paused, a look
 //!   at the bytes waiting) produces; a read that found bytes is never followed by a verdict.
-//! * After `close` (or while closing) sends are refused; a peer that half-closed is never
-//!   declared lost by heartbeat (it can no longer send the bytes that would prove it alive).
+//! * After `close` (or while closing) sends are refused; a peer whose FIN was seen or read
+//!   is never declared lost by heartbeat (it can no longer send the bytes that would prove
+//!   it alive); a half-close is reported once.
 
 use std::time::Duration;
 
@@ -143,12 +144,6 @@ impl Lifecycle {
             },
             half_close,
         }
-    }
-
-    /// The state now.
-    #[cfg(test)]
-    pub(crate) fn state(&self) -> State {
-        self.state
     }
 
     /// Whether the connect is still in progress (nothing may be written yet).
@@ -297,6 +292,11 @@ impl Lifecycle {
     /// A read returned 0: the peer's EOF.
     pub(crate) fn on_eof(&mut self) -> Step {
         match self.state {
+            // Read already, and reported: never twice.
+            State::Open {
+                peer: PeerSide::HalfClosed,
+                ..
+            } if self.half_close => Step::Continue,
             State::Open { paused, .. } if self.half_close => {
                 self.state = State::Open {
                     peer: PeerSide::HalfClosed,
@@ -406,9 +406,13 @@ impl Lifecycle {
     /// The owner resumed reading: `Read` when there may be bytes (or a FIN) to read.
     pub(crate) fn on_resume(&mut self) -> Step {
         match &mut self.state {
-            State::Open { paused, .. } if *paused => {
+            State::Open { paused, peer } if *paused => {
                 *paused = false;
-                Step::Read
+                if *peer == PeerSide::HalfClosed {
+                    Step::Continue // the EOF was read: nothing more to read
+                } else {
+                    Step::Read
+                }
             }
             State::Connecting { paused, .. } => {
                 *paused = false;
@@ -454,8 +458,9 @@ impl Lifecycle {
 
     /// The heartbeat says the peer has been silent for `silent_for`, past its timeout;
     /// `last_read` is what a last non-blocking read found (there is no verdict without
-    /// one). Ends the connection only when that read found nothing. A peer that
-    /// half-closed cannot send the bytes that would prove it alive: no verdict for it.
+    /// one). Ends the connection only when that read found nothing. A peer whose FIN was
+    /// seen or read (half-closed, or closing after its EOF) cannot send the bytes that
+    /// would prove it alive: no verdict for it.
     pub(crate) fn on_heartbeat_expired(
         &mut self,
         silent_for: Duration,
@@ -463,15 +468,20 @@ impl Lifecycle {
     ) -> Step {
         match self.state {
             State::Open {
-                peer: PeerSide::HalfClosed,
+                peer: PeerSide::FinSeen | PeerSide::HalfClosed,
                 ..
             }
+            | State::Closing { peer_eof: true, .. }
             | State::Connecting { .. }
             | State::Ended => Step::Continue,
-            _ => match last_read {
+            State::Open { .. } | State::Closing { .. } => match last_read {
                 LastRead::Bytes => Step::Continue,
                 LastRead::Nothing => self.end(Cause::HeartbeatTimeout { silent_for }),
             },
         }
     }
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
