@@ -12,6 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Deadlines further ahead than this are "never" in practice; clamping to it keeps every
+/// `Instant + Duration` of a setting such as `Duration::MAX` from overflowing (a panic).
+pub(crate) const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `t + d`, with `d` clamped to [`FAR`]: never panics, and a huge `d` means "never".
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d.min(FAR)).unwrap_or(t)
+}
+
 /// Where a [`Reactor`](crate::Reactor) reads the time. Cheap to clone; clones of a manual
 /// clock share its time.
 ///
@@ -121,5 +130,15 @@ mod tests {
         c.advance(Duration::MAX);
         assert!(c.now() > t0 + Duration::from_secs(100 * 365 * 86_400));
         assert!(!Clock::system().is_manual() && c.is_manual());
+    }
+
+    #[test]
+    fn later_never_panics_and_huge_means_far() {
+        let t = Instant::now();
+        assert_eq!(
+            later(t, Duration::from_millis(5)),
+            t + Duration::from_millis(5)
+        );
+        assert_eq!(later(t, Duration::MAX), t + FAR);
     }
 }

@@ -18,6 +18,8 @@ use crate::cause::ProtocolError;
 
 /// Length of a [`Framing::LengthDelimited`] header: `u32` big-endian length + kind byte.
 pub const HEADER_LEN: usize = 5;
+/// The longest payload a length-delimited frame can carry (a 32-bit length).
+pub const MAX_FRAME_LEN: usize = u32::MAX as usize;
 
 /// How the bytes of a connection are cut into events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +68,12 @@ pub static PING_FRAME: [u8; HEADER_LEN] = [0, 0, 0, 0, Kind::Ping as u8];
 /// A complete Pong frame (empty payload).
 pub static PONG_FRAME: [u8; HEADER_LEN] = [0, 0, 0, 0, Kind::Pong as u8];
 
-/// Write the header of a frame of `kind` with a payload of `len` bytes.
+/// Write the header of a frame of `kind` with a payload of `len` bytes. `len` must be at
+/// most [`MAX_FRAME_LEN`] ([`Reactor::send`](crate::Reactor::send) refuses longer
+/// messages with `SendError::TooLarge`); a longer one is written as `MAX_FRAME_LEN`, never
+/// as a wrapped length that would look like a valid smaller frame.
 pub fn put_header(dst: &mut BytesMut, kind: Kind, len: usize) {
-    debug_assert!(len <= u32::MAX as usize, "frame length {len} exceeds u32");
-    dst.put_u32(len as u32);
+    dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     dst.put_u8(kind as u8);
 }
 

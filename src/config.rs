@@ -171,8 +171,9 @@ pub struct ReactorConfig {
     /// Cap on bytes queued across all connections, and what a send over it does.
     /// Default: 1 GiB, `Reject`.
     pub total_queued_limit: usize,
-    /// Policy for the total cap: `Reject` fails the send; `Disconnect` ends the connection
-    /// the send was for as a slow peer.
+    /// Policy for the total cap: `Reject` fails the send; `Disconnect` ends the connections
+    /// that hold the most queued bytes (largest first) as slow peers until the send fits,
+    /// and fails it only if the connection it was for is among them.
     pub total_queued_policy: OverflowPolicy,
     /// Heartbeat deadlines are rounded up to a multiple of this, so that many connections
     /// share a wakeup. Default: 10 ms (at most 100 heartbeat wakeups per second).

@@ -25,6 +25,9 @@ pub(crate) struct Conn {
     /// Bytes of an incomplete frame (length-delimited framing only). Empty, with no
     /// allocation, whenever no frame is half-received: idle connections hold no buffer.
     pub(crate) partial: BytesMut,
+    /// `partial` holds whole frames not decoded yet: the last read pass hit its event
+    /// budget. They are decoded first in the next read pass.
+    pub(crate) backlog: bool,
     pub(crate) out: OutboundQueue,
     pub(crate) live: Option<Liveness>,
     /// While reading is paused: the bytes waiting in the kernel at the last heartbeat
@@ -50,6 +53,7 @@ impl Conn {
             cfg,
             lc,
             partial: BytesMut::new(),
+            backlog: false,
             out: OutboundQueue::new(),
             live: None,
             waiting: 0,

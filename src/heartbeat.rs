@@ -44,6 +44,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
+use crate::clock::later;
+
 /// Heartbeat settings: send a ping after `interval` without sending (or without
 /// receiving, at most once per interval); declare the peer lost after `timeout`
 /// without receiving. `timeout` should be a few intervals (3× is usual).
@@ -78,8 +80,8 @@ pub enum Verdict {
 
 /// Per-connection liveness stamps. O(1) per message.
 ///
-/// Instants are added to durations with `Instant + Duration`, so settings so
-/// large that the sum overflows panic in the `*_at` methods.
+/// Settings too large to add to an instant (`Duration::MAX`) mean "never": the
+/// `*_at` methods clamp them to about a hundred years and do not panic.
 ///
 /// # Examples
 ///
@@ -141,9 +143,9 @@ impl Liveness {
     /// lengthens each side's period in turn). Half the heartbeat traffic; the peer still
     /// hears from us every interval, through the pongs.
     pub fn on_ping_answered(&mut self, now: Instant) {
-        let later = now + self.cfg.interval / 4;
-        self.last_sent = self.last_sent.max(later);
-        self.last_ping = self.last_ping.max(later);
+        let held = later(now, self.cfg.interval / 4);
+        self.last_sent = self.last_sent.max(held);
+        self.last_ping = self.last_ping.max(held);
     }
 
     /// When bytes were last received.
@@ -160,14 +162,14 @@ impl Liveness {
     /// `max(last_recv, last_ping) + interval` (the peer was silent and not probed since),
     /// whichever comes first.
     pub fn ping_due_at(&self) -> Instant {
-        let we_silent = self.last_sent + self.cfg.interval;
-        let peer_silent = self.last_recv.max(self.last_ping) + self.cfg.interval;
+        let we_silent = later(self.last_sent, self.cfg.interval);
+        let peer_silent = later(self.last_recv.max(self.last_ping), self.cfg.interval);
         we_silent.min(peer_silent)
     }
 
     /// When the peer expires: `last_recv + timeout`.
     pub fn expires_at(&self) -> Instant {
-        self.last_recv + self.cfg.timeout
+        later(self.last_recv, self.cfg.timeout)
     }
 
     /// The earlier of [`ping_due_at`](Self::ping_due_at) and

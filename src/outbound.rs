@@ -263,6 +263,12 @@ impl OutboundQueue {
     /// Queues a control frame (ping/pong). Never refused and not subject to
     /// the hard limit, but counted in [`queued`](Self::queued).
     ///
+    /// A frame equal to one that still waits (not started) is not queued
+    /// again: one pending pong answers every ping so far. So a peer that
+    /// floods pings and never reads holds at most one waiting copy of each
+    /// control frame here, and each call costs O(1) (at most one started
+    /// message and a few distinct control frames are stepped over).
+    ///
     /// The frame is placed ahead of pending data at the first message
     /// boundary: right after the front message if that message is partly
     /// written, otherwise at the very front; control frames keep FIFO order
@@ -289,6 +295,9 @@ impl OutboundQueue {
             }
         }
         while at < self.chunks.len() && self.chunks[at].control {
+            if self.chunks[at].data == frame {
+                return None; // already owed: that one answers this one too
+            }
             at += 1;
         }
         self.queued += frame.len();
@@ -545,6 +554,38 @@ mod tests {
         q.push_control(b(b"U"), &cfg, t0);
         assert_eq!(wire(&q), b"Ubb");
         assert_eq!(q.queued(), 3);
+    }
+
+    /// Regression: every ping of a flood queued its own pong ahead of the data, each
+    /// insert scanning all earlier ones (80,000 pings from a peer that never read grew
+    /// the queue past its hard limit and stalled one turn for 2 s). One waiting pong now
+    /// answers them all.
+    #[test]
+    fn a_ping_flood_owes_one_waiting_pong() {
+        let cfg = OutboundConfig::default();
+        let t0 = Instant::now();
+        let mut q = OutboundQueue::new();
+        q.push(b(b"h"), b(b"data"), &cfg, t0).unwrap();
+        q.consumed(1, &cfg, t0); // the front message is partly written
+        let started = std::time::Instant::now();
+        for _ in 0..100_000 {
+            q.push_control(b(b"PONG!"), &cfg, t0);
+            q.push_control(b(b"PING!"), &cfg, t0);
+        }
+        assert_eq!(wire(&q), b"dataPONG!PING!");
+        assert_eq!(q.queued(), 4 + 10);
+        // Once the waiting pong is on its way, the next ping is owed a new one.
+        q.consumed(6, &cfg, t0); // "data" and "PO"
+        q.push_control(b(b"PONG!"), &cfg, t0);
+        assert_eq!(
+            wire(&q),
+            b"NG!PING!PONG!",
+            "the started pong, then a fresh one"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "O(1) per control frame"
+        );
     }
 
     #[test]

@@ -129,8 +129,8 @@ impl Reactor {
                     // descriptors are free again.
                     let d = l
                         .backoff
-                        .map_or(self.cfg.accept_backoff, |d| (d * 2).min(MAX_ACCEPT_BACKOFF))
-                        .max(Duration::from_millis(1)); // never a zero back-off: it would spin
+                        .map_or(self.cfg.accept_backoff, |d| d.saturating_mul(2))
+                        .clamp(Duration::from_millis(1), MAX_ACCEPT_BACKOFF); // never zero: it would spin
                     l.backoff = Some(d);
                     self.stats.accept_backoffs += 1;
                     log::warn!("accept failed ({e}); retrying in {d:?}");

@@ -15,6 +15,7 @@ use super::expiry::Timeout;
 use super::table::Entry;
 use super::{Conn, Reactor};
 use crate::cause::Cause;
+use crate::clock::later;
 use crate::config::ConnConfig;
 use crate::event::{ConnId, Event, Readiness};
 use crate::heartbeat::Liveness;
@@ -32,7 +33,7 @@ impl Reactor {
             // Called between turns: read the clock, the turn's `now` may be old.
             let key = self
                 .wheel
-                .insert(self.clock.now() + t, Timeout::Connect(id));
+                .insert(later(self.clock.now(), t), Timeout::Connect(id));
             if let Some(c) = self.table.conn_mut(id) {
                 c.connect_timer = Some(key);
             }
@@ -68,7 +69,9 @@ impl Reactor {
         let Some(c) = self.table.conn_mut(id) else {
             return;
         };
-        if let Some(hb) = c.cfg.heartbeat {
+        if let Some(mut hb) = c.cfg.heartbeat {
+            // A zero interval would make every turn a ping turn.
+            hb.interval = hb.interval.max(Duration::from_millis(1));
             let live = Liveness::new(hb, now);
             c.live = Some(live);
             self.heap.push(id, live.next_deadline());
@@ -285,7 +288,7 @@ impl Reactor {
                     return;
                 };
                 // Called between turns: read the clock, the turn's `now` may be old.
-                let at = self.clock.now() + c.cfg.linger;
+                let at = later(self.clock.now(), c.cfg.linger);
                 let key = self.wheel.insert(at, Timeout::Linger(id));
                 if let Some(c) = self.table.conn_mut(id) {
                     c.linger_timer = Some(key);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Reactor;
+use crate::clock::later;
 use crate::codec::{self, Framing};
 use crate::event::{ConnId, Event, ListenerId, TimerId};
 use crate::heartbeat::{self, Verdict};
@@ -25,7 +26,7 @@ impl Reactor {
     pub fn set_timer(&mut self, after: Duration, tag: u64) -> TimerId {
         TimerId(
             self.wheel
-                .insert(self.clock.now() + after, Timeout::User { tag }),
+                .insert(later(self.clock.now(), after), Timeout::User { tag }),
         )
     }
 

@@ -125,9 +125,11 @@ impl Reactor {
     fn with_registry(
         registry: Registry,
         token_base: usize,
-        cfg: ReactorConfig,
+        mut cfg: ReactorConfig,
         clock: Clock,
     ) -> Reactor {
+        // A zero accept budget would requeue a listener forever without accepting.
+        cfg.accept_budget = cfg.accept_budget.max(1);
         let now = clock.now();
         Reactor {
             poll: None,

@@ -19,6 +19,13 @@ const READ_BUF: usize = 64 * 1024;
 /// 16 KiB messages met an exact fit every fourth message (64 KiB / 16 KiB); now a message
 /// of up to 16 KiB always gets more room than it needs.
 const READ_MIN: usize = 16 * 1024;
+/// Most frames one connection's read pass decodes; the rest of what it read waits, decoded
+/// first in its next turn. A peer of tiny (or empty) frames cannot make one turn hand over
+/// tens of thousands of events.
+pub(crate) const EVENT_BUDGET: usize = 1024;
+/// Most bytes reserved up front for a frame whose header announced more: the buffer grows
+/// with the bytes that actually arrive, not with what the peer claims.
+const PARTIAL_RESERVE: usize = 64 * 1024;
 
 impl Reactor {
     /// Read until `WouldBlock`, the budget, or (when `short_read_drains`) a short read;
@@ -33,6 +40,11 @@ impl Reactor {
     pub(super) fn read_conn(&mut self, id: ConnId, short_read_drains: bool) -> usize {
         let now = self.now;
         let mut got = 0usize;
+        let mut events = 0usize;
+        if self.table.conn(id).is_some_and(|c| c.backlog) && !self.deliver_backlog(id, &mut events)
+        {
+            return got; // ended, or still more decoded frames than one turn takes
+        }
         loop {
             if self.rbuf.len() <= READ_MIN {
                 // Reclaims the old allocation when every `Data` cut from it was dropped.
@@ -58,7 +70,7 @@ impl Reactor {
                     }
                     let chunk = self.rbuf.split_to(n);
                     match c.lc.on_data() {
-                        Step::Deliver => match self.deliver(id, chunk) {
+                        Step::Deliver => match self.deliver(id, chunk, &mut events) {
                             Ok(()) => Step::Continue,
                             Err(e) => match self.table.conn_mut(id) {
                                 Some(c) => c.lc.on_protocol_error(e),
@@ -80,7 +92,7 @@ impl Reactor {
             if !c.lc.wants_read() || (short_read_drains && short) {
                 return got; // EOF in half-close mode or while closing; or drained
             }
-            if got >= c.cfg.read_budget {
+            if got >= c.cfg.read_budget || c.backlog {
                 self.schedule_read(id);
                 return got;
             }
@@ -121,17 +133,56 @@ impl Reactor {
         }
     }
 
-    /// Turn freshly read bytes into events according to the framing.
-    fn deliver(&mut self, id: ConnId, mut chunk: BytesMut) -> Result<(), ProtocolError> {
+    /// Decode the frames left over from an earlier read pass that hit the event budget.
+    /// Whether the read pass may go on (the backlog is gone and the connection is open).
+    fn deliver_backlog(&mut self, id: ConnId, events: &mut usize) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        if c.lc.on_data() != Step::Deliver {
+            // Closing: what the peer sent is discarded.
+            c.partial = BytesMut::new();
+            c.backlog = false;
+            return true;
+        }
+        if let Err(e) = self.deliver(id, BytesMut::new(), events) {
+            if let Some(c) = self.table.conn_mut(id) {
+                let step = c.lc.on_protocol_error(e);
+                self.obey(id, step);
+            }
+            return false;
+        }
+        match self.table.conn(id) {
+            Some(c) if c.backlog => {
+                self.schedule_read(id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Turn freshly read bytes into events according to the framing, at most
+    /// [`EVENT_BUDGET`] frames per read pass (`events` counts them); what is left is kept
+    /// in the connection's partial buffer and marked as backlog.
+    fn deliver(
+        &mut self,
+        id: ConnId,
+        mut chunk: BytesMut,
+        events: &mut usize,
+    ) -> Result<(), ProtocolError> {
         let Some(c) = self.table.conn_mut(id) else {
             return Ok(());
         };
         let max_frame = match c.cfg.framing {
             Framing::Raw => {
-                self.pending.push(Event::Data {
-                    conn: id,
-                    bytes: chunk.freeze(),
-                });
+                if !chunk.is_empty() {
+                    *events += 1;
+                    self.pending.push(Event::Data {
+                        conn: id,
+                        bytes: chunk.freeze(),
+                    });
+                }
                 return Ok(());
             }
             Framing::LengthDelimited { max_frame } => max_frame,
@@ -140,28 +191,46 @@ impl Reactor {
         if in_partial {
             c.partial.extend_from_slice(&chunk);
         }
-        let mut pongs = 0;
+        let mut pinged = false;
+        c.backlog = false;
         loop {
+            if *events >= EVENT_BUDGET {
+                if !in_partial && !chunk.is_empty() {
+                    c.partial = BytesMut::from(&chunk[..]); // at most one read's worth
+                }
+                c.backlog = !c.partial.is_empty();
+                break;
+            }
             let buf = if in_partial {
                 &mut c.partial
             } else {
                 &mut chunk
             };
             match codec::decode(buf, max_frame)? {
-                Decoded::Frame(Kind::Data, bytes) => {
-                    self.pending.push(Event::Data { conn: id, bytes });
+                Decoded::Frame(kind, bytes) => {
+                    *events += 1;
+                    match kind {
+                        // An empty data frame carries nothing to hand over (its bytes
+                        // still proved the peer alive).
+                        Kind::Data if !bytes.is_empty() => {
+                            self.pending.push(Event::Data { conn: id, bytes });
+                        }
+                        Kind::Ping => pinged = true,
+                        Kind::Data | Kind::Pong => {}
+                    }
                 }
-                Decoded::Frame(Kind::Ping, _) => pongs += 1,
-                Decoded::Frame(Kind::Pong, _) => {}
                 Decoded::Incomplete { total } => {
                     if in_partial {
                         if c.partial.is_empty() {
                             c.partial = BytesMut::new(); // idle connections hold no buffer
                         }
                     } else if !chunk.is_empty() {
-                        // Keep the tail in a buffer of its own, sized for the whole frame,
-                        // so the shared read buffer is not pinned by a slow frame.
-                        let mut p = BytesMut::with_capacity(total.unwrap_or(0).max(chunk.len()));
+                        // Keep the tail in a buffer of its own, so the shared read buffer
+                        // is not pinned by a slow frame. Sized for the whole frame only up
+                        // to PARTIAL_RESERVE: beyond that it grows as bytes arrive, never
+                        // with what a header merely claims.
+                        let want = total.unwrap_or(0).min(PARTIAL_RESERVE);
+                        let mut p = BytesMut::with_capacity(want.max(chunk.len()));
                         p.extend_from_slice(&chunk);
                         c.partial = p;
                     }
@@ -169,13 +238,12 @@ impl Reactor {
                 }
             }
         }
-        if pongs > 0 {
+        if pinged {
             let now = self.now;
             if let Some(l) = c.live.as_mut() {
                 l.on_ping_answered(now);
             }
-        }
-        for _ in 0..pongs {
+            // One pong answers every ping so far (the queue keeps one waiting at most).
             self.send_control(id, Bytes::from_static(&codec::PONG_FRAME));
         }
         Ok(())

@@ -44,6 +44,15 @@ pub enum SendError {
         /// Bytes this send would have added.
         len: usize,
     },
+    /// The message is longer than the connection's framing can carry
+    /// (`LengthDelimited`: a 32-bit length). Nothing was queued; the connection is not
+    /// affected.
+    TooLarge {
+        /// Bytes in the message.
+        len: usize,
+        /// The most the framing can carry.
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for SendError {
@@ -55,6 +64,12 @@ impl std::fmt::Display for SendError {
                 write!(
                     f,
                     "outbound queue full: {queued} bytes queued, {len} more refused"
+                )
+            }
+            SendError::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the framing's maximum of {max}"
                 )
             }
         }
@@ -92,12 +107,27 @@ impl Reactor {
         };
         let frame_header = match framing {
             Framing::Raw => 0,
-            Framing::LengthDelimited { .. } => codec::HEADER_LEN,
+            Framing::LengthDelimited { .. } => {
+                let len = head.len().saturating_add(body.len());
+                if len > codec::MAX_FRAME_LEN {
+                    return Err(SendError::TooLarge {
+                        len,
+                        max: codec::MAX_FRAME_LEN,
+                    });
+                }
+                codec::HEADER_LEN
+            }
         };
         let len = frame_header + head.len() + body.len();
         if total.saturating_add(len) > total_cap {
+            // Over the reactor-wide cap. `Disconnect` cuts the connections that hold the
+            // memory (largest queue first), which may or may not include this one.
+            let room = total_policy == OverflowPolicy::Disconnect && self.make_room(len);
             let queued = self.table.conn(id).map_or(0, |c| c.out.queued());
-            return Err(self.refuse(id, queued, len, total_policy));
+            if !room || !self.is_open(id) {
+                self.stats.sends_rejected += 1;
+                return Err(SendError::Full { queued, len });
+            }
         }
         let header = match framing {
             Framing::Raw => head,
@@ -139,6 +169,30 @@ impl Reactor {
                 Err(self.refuse(id, queued, len, out_cfg.policy))
             }
         }
+    }
+
+    /// Cut the connections with the largest queues, as slow peers, until `need` more
+    /// bytes fit under the reactor-wide cap. Whether they fit now. O(connections) per
+    /// connection cut; only ever runs over the cap.
+    fn make_room(&mut self, need: usize) -> bool {
+        let cap = self.cfg.total_queued_limit;
+        while (self.stats.bytes_queued as usize).saturating_add(need) > cap {
+            let Some((id, queued)) = self
+                .table
+                .conns()
+                .map(|c| (c.id, c.out.queued()))
+                .max_by_key(|&(_, q)| q)
+                .filter(|&(_, q)| q > 0)
+            else {
+                return false; // nothing left to cut: the send alone is over the cap
+            };
+            log::debug!("{id}: cut to keep the reactor under its queue cap ({queued} bytes)");
+            if let Some(c) = self.table.conn_mut(id) {
+                let step = c.lc.on_slow_peer(queued, Duration::ZERO);
+                self.obey(id, step);
+            }
+        }
+        true
     }
 
     fn refuse(
@@ -265,8 +319,15 @@ impl Reactor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let step = c.lc.on_error(Cause::from_io(&e));
-                    self.obey(id, step);
+                    // A reset seen by a write: the bytes the peer sent before it are still
+                    // in the receive queue. Read them first (that read meets the error).
+                    if c.lc.on_error_readiness() == Step::Read {
+                        self.read_conn(id, false);
+                    }
+                    if let Some(c) = self.table.conn_mut(id) {
+                        let step = c.lc.on_error(Cause::from_io(&e));
+                        self.obey(id, step);
+                    }
                     return;
                 }
             }
