@@ -176,6 +176,9 @@ impl Reactor {
     /// connection cut; only ever runs over the cap.
     fn make_room(&mut self, need: usize) -> bool {
         let cap = self.cfg.total_queued_limit;
+        if need > cap {
+            return false; // the send alone is over the cap: cutting others cannot help
+        }
         while (self.stats.bytes_queued as usize).saturating_add(need) > cap {
             let Some((id, queued)) = self
                 .table
@@ -184,7 +187,7 @@ impl Reactor {
                 .max_by_key(|&(_, q)| q)
                 .filter(|&(_, q)| q > 0)
             else {
-                return false; // nothing left to cut: the send alone is over the cap
+                return false; // nothing left to cut
             };
             log::debug!("{id}: cut to keep the reactor under its queue cap ({queued} bytes)");
             if let Some(c) = self.table.conn_mut(id) {
