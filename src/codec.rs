@@ -171,6 +171,38 @@ mod tests {
     }
 
     proptest! {
+        /// Hostile input: arbitrary bytes, fed in arbitrary pieces, never panic; every
+        /// frame handed out fits `max_frame`; the decoder stops at the first error (the
+        /// connection ends there) and never buffers more than it was given.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_frames_fit_the_limit(
+            wire in proptest::collection::vec(any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(1usize..300, 0..20),
+            max in 0usize..128,
+        ) {
+            let mut buf = BytesMut::new();
+            let mut rest = &wire[..];
+            let mut cuts = cuts.into_iter();
+            'feed: while !rest.is_empty() {
+                let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                loop {
+                    match decode(&mut buf, max) {
+                        Ok(Decoded::Frame(_, p)) => prop_assert!(p.len() <= max),
+                        Ok(Decoded::Incomplete { total }) => {
+                            if let Some(t) = total {
+                                prop_assert!(t <= HEADER_LEN + max);
+                            }
+                            break;
+                        }
+                        Err(_) => break 'feed,
+                    }
+                }
+                prop_assert!(buf.len() <= wire.len());
+            }
+        }
+
         #[test]
         fn any_split_yields_the_same_frames(
             payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..20),
