@@ -76,14 +76,15 @@ fn main() -> std::io::Result<()> {
                 Event::Timer { .. } => {
                     let s = reactor.stats();
                     log::info!(
-                        "open {} accepted {} read {} B written {} B queued {} B (peak {}) turns {}",
+                        "open {} accepted {} read {} B written {} B queued {} B (peak {}) turns {} longest turn {} us",
                         s.open_connections,
                         s.accepted,
                         s.bytes_read,
                         s.bytes_written,
                         s.bytes_queued,
                         s.bytes_queued_peak,
-                        s.turns
+                        s.turns,
+                        s.longest_turn_us
                     );
                     reactor.set_timer(Duration::from_secs(stats_secs), 0);
                 }

@@ -103,4 +103,7 @@ pub struct Stats {
     pub sends_rejected: u64,
     /// Handle commands that found their connection gone (or refused) when applied.
     pub handle_dropped: u64,
+    /// The longest turn's work, in microseconds: from the OS poll's return to the events'
+    /// hand-over (the time every other connection waited on one turn). Owned mode only.
+    pub longest_turn_us: u64,
 }
