@@ -147,6 +147,20 @@ pub enum ProtocolError {
     },
     /// A frame carried a kind byte this framing does not know.
     UnknownKind(u8),
+    /// A line ran past the maximum of [`Framing::Lines`](crate::Framing::Lines) without
+    /// its newline (detected as soon as the bytes arrive, before more are buffered).
+    LineTooLong {
+        /// The maximum line length, newline excluded.
+        max: usize,
+    },
+    /// A [`Decoder`](crate::codec::Decoder) held more than its `max_buffered` bytes of an
+    /// incomplete message.
+    MessageTooLarge {
+        /// Bytes held when the limit was passed.
+        buffered: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A custom protocol's own error, in words.
     Other(String),
 }
@@ -158,6 +172,13 @@ impl fmt::Display for ProtocolError {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max}")
             }
             ProtocolError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            ProtocolError::LineTooLong { max } => {
+                write!(f, "line longer than the maximum of {max} bytes")
+            }
+            ProtocolError::MessageTooLarge { buffered, max } => write!(
+                f,
+                "incomplete message of {buffered} bytes exceeds the maximum of {max}"
+            ),
             ProtocolError::Other(s) => f.write_str(s),
         }
     }

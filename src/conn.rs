@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use mio::net::TcpStream;
 
+use crate::codec::Decoder;
 use crate::config::ConnConfig;
 use crate::event::ConnId;
 use crate::heartbeat::Liveness;
@@ -28,6 +29,8 @@ pub(crate) struct Conn {
     /// `partial` holds whole frames not decoded yet: the last read pass hit its event
     /// budget. They are decoded first in the next read pass.
     pub(crate) backlog: bool,
+    /// The decoder of a `Lines` or `Custom` framing (`None` for the built-in framings).
+    pub(crate) decoder: Option<Box<dyn Decoder>>,
     pub(crate) out: OutboundQueue,
     pub(crate) live: Option<Liveness>,
     /// While reading is paused: the bytes waiting in the kernel at the last heartbeat
@@ -54,6 +57,7 @@ impl Conn {
             lc,
             partial: BytesMut::new(),
             backlog: false,
+            decoder: cfg.framing.decoder(),
             out: OutboundQueue::new(),
             live: None,
             waiting: 0,

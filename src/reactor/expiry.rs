@@ -138,7 +138,8 @@ impl Reactor {
                         Framing::LengthDelimited { .. } => {
                             self.send_control(id, Bytes::from_static(&codec::PING_FRAME));
                         }
-                        Framing::Raw => self.pending.push(Event::HeartbeatDue { conn: id }),
+                        // No ping of the framing's own: the owner sends its protocol's.
+                        _ => self.pending.push(Event::HeartbeatDue { conn: id }),
                     }
                 }
             }

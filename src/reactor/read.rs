@@ -174,19 +174,18 @@ impl Reactor {
         let Some(c) = self.table.conn_mut(id) else {
             return Ok(());
         };
-        let max_frame = match c.cfg.framing {
-            Framing::Raw => {
-                if !chunk.is_empty() {
-                    *events += 1;
-                    self.pending.push(Event::Data {
-                        conn: id,
-                        bytes: chunk.freeze(),
-                    });
-                }
-                return Ok(());
+        let framing = c.cfg.framing;
+        if framing == Framing::Raw {
+            if !chunk.is_empty() {
+                *events += 1;
+                self.pending.push(Event::Data {
+                    conn: id,
+                    bytes: chunk.freeze(),
+                });
             }
-            Framing::LengthDelimited { max_frame } => max_frame,
-        };
+            return Ok(());
+        }
+        let length_delimited = matches!(framing, Framing::LengthDelimited { .. });
         let in_partial = !c.partial.is_empty();
         if in_partial {
             c.partial.extend_from_slice(&chunk);
@@ -206,20 +205,45 @@ impl Reactor {
             } else {
                 &mut chunk
             };
-            match codec::decode(buf, max_frame)? {
-                Decoded::Frame(kind, bytes) => {
+            let next = match (framing, c.decoder.as_mut()) {
+                (Framing::LengthDelimited { max_frame }, _) => match codec::decode(buf, max_frame)?
+                {
+                    Decoded::Frame(kind, bytes) => Ok((kind, bytes)),
+                    Decoded::Incomplete { total } => Err(total),
+                },
+                (_, Some(d)) => match d.decode(buf)? {
+                    Some(bytes) => Ok((Kind::Data, bytes)),
+                    None => {
+                        // Bounded at every append, not only when a message completes.
+                        let max = match framing {
+                            Framing::Custom(f) => f.max_buffered(),
+                            _ => usize::MAX, // Lines: the decoder enforces its own limit
+                        };
+                        if buf.len() > max {
+                            return Err(ProtocolError::MessageTooLarge {
+                                buffered: buf.len(),
+                                max,
+                            });
+                        }
+                        Err(None)
+                    }
+                },
+                (_, None) => unreachable!("a decoder is made with the connection"),
+            };
+            match next {
+                Ok((kind, bytes)) => {
                     *events += 1;
                     match kind {
-                        // An empty data frame carries nothing to hand over (its bytes
-                        // still proved the peer alive).
-                        Kind::Data if !bytes.is_empty() => {
+                        // An empty length-delimited frame carries nothing to hand over (its
+                        // bytes still proved the peer alive); an empty line is a message.
+                        Kind::Data if !bytes.is_empty() || !length_delimited => {
                             self.pending.push(Event::Data { conn: id, bytes });
                         }
                         Kind::Ping => pinged = true,
                         Kind::Data | Kind::Pong => {}
                     }
                 }
-                Decoded::Incomplete { total } => {
+                Err(total) => {
                     if in_partial {
                         if c.partial.is_empty() {
                             c.partial = BytesMut::new(); // idle connections hold no buffer

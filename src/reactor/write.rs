@@ -106,7 +106,6 @@ impl Reactor {
             c.cfg.framing
         };
         let frame_header = match framing {
-            Framing::Raw => 0,
             Framing::LengthDelimited { .. } => {
                 let len = head.len().saturating_add(body.len());
                 if len > codec::MAX_FRAME_LEN {
@@ -117,6 +116,8 @@ impl Reactor {
                 }
                 codec::HEADER_LEN
             }
+            // Lines and custom framings: what is sent goes out as given.
+            _ => 0,
         };
         let len = frame_header + head.len() + body.len();
         if total.saturating_add(len) > total_cap {
@@ -130,7 +131,6 @@ impl Reactor {
             }
         }
         let header = match framing {
-            Framing::Raw => head,
             Framing::LengthDelimited { .. } => {
                 // Cut from a shared arena: no allocation per message.
                 let n = codec::HEADER_LEN + head.len();
@@ -141,6 +141,7 @@ impl Reactor {
                 self.hdr.extend_from_slice(&head);
                 self.hdr.split_to(n).freeze()
             }
+            _ => head,
         };
         let in_turn = self.in_turn;
         let c = self.table.conn_mut(id).ok_or(SendError::Stale)?;
