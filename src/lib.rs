@@ -147,5 +147,5 @@ pub use event::{ConnId, Event, ListenerId, Readiness, SourceId, TimerId};
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
 pub use outbound::{OutboundConfig, OverflowPolicy};
-pub use reactor::{Reactor, SendError, TOKEN_SPAN};
+pub use reactor::{ListenOptions, Reactor, SendError, TOKEN_SPAN};
 pub use stats::{DisconnectCounts, Stats};

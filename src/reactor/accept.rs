@@ -32,9 +32,61 @@ pub(crate) struct Listener {
 
 impl Reactor {
     /// Listen on `addr`; every accepted connection gets `cfg`. Port 0 picks a free port:
-    /// read it back with [`local_addr`](Reactor::local_addr).
+    /// read it back with [`local_addr`](Reactor::local_addr). `SO_REUSEADDR` is set, and
+    /// the backlog is [`ReactorConfig::listen_backlog`](crate::ReactorConfig).
+    ///
+    /// ```
+    /// use heartloop::{ConnConfig, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// let id = reactor.listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())?;
+    /// println!("listening on {}", reactor.local_addr(id)?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn listen(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ListenerId> {
-        let mut sock = bind_listener(addr, self.cfg.listen_backlog)?;
+        let opts = ListenOptions::default().backlog(self.cfg.listen_backlog);
+        self.listen_with(addr, opts, cfg)
+    }
+
+    /// [`listen`](Reactor::listen) with listener options, e.g. `SO_REUSEPORT` so that
+    /// several reactors (one per core, on threads of their own) share one port and the
+    /// kernel spreads the connections over them.
+    ///
+    /// ```
+    /// use heartloop::{ConnConfig, ListenOptions, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// let opts = ListenOptions::default().reuse_port(true);
+    /// let mut a = Reactor::new(ReactorConfig::default())?;
+    /// let la = a.listen_with("127.0.0.1:0".parse().unwrap(), opts, ConnConfig::default())?;
+    /// let port = a.local_addr(la)?;
+    /// let mut b = Reactor::new(ReactorConfig::default())?;
+    /// b.listen_with(port, opts, ConnConfig::default())?; // the same port
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_with(
+        &mut self,
+        addr: SocketAddr,
+        opts: ListenOptions,
+        cfg: ConnConfig,
+    ) -> io::Result<ListenerId> {
+        self.add_listener(bind_listener(addr, opts)?, cfg)
+    }
+
+    /// Listen on a socket made elsewhere (socket activation, a listener handed over by a
+    /// restarting process, options heartloop does not set). It must be bound and
+    /// listening; it is switched to non-blocking mode here.
+    pub fn listen_std(
+        &mut self,
+        listener: std::net::TcpListener,
+        cfg: ConnConfig,
+    ) -> io::Result<ListenerId> {
+        listener.set_nonblocking(true)?;
+        self.add_listener(TcpListener::from_std(listener), cfg)
+    }
+
+    fn add_listener(&mut self, mut sock: TcpListener, cfg: ConnConfig) -> io::Result<ListenerId> {
         let registry = &self.registry;
         let key = self.table.insert(|key, token| {
             registry.register(&mut sock, token, Interest::READABLE)?;
@@ -152,14 +204,59 @@ impl Reactor {
     }
 }
 
-/// Bind a non-blocking listener with `SO_REUSEADDR` and the configured backlog (mio's own
-/// `bind` uses 1024 on Linux; a connect storm of thousands needs more).
-fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// Options of a listening socket ([`Reactor::listen_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// The listen backlog: connections the kernel completes before we accept them.
+    /// Default 4096 (mio's own `bind` uses 1024; a connect storm of thousands needs more).
+    pub backlog: u32,
+    /// `SO_REUSEPORT`: several sockets (reactors, processes) bind the same address and
+    /// the kernel spreads incoming connections over them. Default `false`. Linux and BSDs.
+    pub reuse_port: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: 4096,
+            reuse_port: false,
+        }
+    }
+}
+
+impl ListenOptions {
+    /// Set the listen backlog.
+    #[must_use]
+    pub fn backlog(mut self, n: u32) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// Set `SO_REUSEPORT`.
+    #[must_use]
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+}
+
+/// Bind a non-blocking listener with `SO_REUSEADDR` and the options.
+fn bind_listener(addr: SocketAddr, opts: ListenOptions) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    if opts.reuse_port {
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+        sock.set_reuse_port(true)?;
+        #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_REUSEPORT is not available on this platform",
+        ));
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    sock.listen(opts.backlog.min(i32::MAX as u32) as i32)?;
     Ok(TcpListener::from_std(sock.into()))
 }

@@ -41,6 +41,39 @@ impl Reactor {
         Ok(id)
     }
 
+    /// Take over a connected stream made elsewhere (accepted by another loop or thread,
+    /// handed over by a restarting process, connected with options heartloop does not
+    /// set). It is switched to non-blocking mode and gets `cfg` (socket options,
+    /// heartbeat, limits) as if it had just been accepted; no `Accepted` event is emitted.
+    ///
+    /// ```
+    /// use heartloop::{ConnConfig, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let (server_side, _) = listener.accept()?;
+    /// let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// let conn = reactor.adopt(server_side, ConnConfig::default())?;
+    /// assert!(reactor.is_open(conn));
+    /// # drop(client);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn adopt(&mut self, stream: std::net::TcpStream, cfg: ConnConfig) -> io::Result<ConnId> {
+        stream.set_nonblocking(true)?;
+        let peer = stream.peer_addr()?;
+        let id = self.add_conn(
+            TcpStream::from_std(stream),
+            cfg,
+            Lifecycle::accepted(cfg.half_close),
+        )?;
+        if let Some(c) = self.table.conn_mut(id) {
+            c.peer = Some(peer);
+        }
+        self.start_heartbeat(id);
+        Ok(id)
+    }
+
     pub(super) fn add_conn(
         &mut self,
         mut sock: TcpStream,

@@ -56,6 +56,7 @@ use crate::stats::Stats;
 use crate::wheel::{TimerKey, Wheel};
 
 pub(crate) use crate::conn::Conn;
+pub use accept::ListenOptions;
 pub(crate) use accept::Listener;
 pub(crate) use embed::UserSource;
 use expiry::Timeout;
