@@ -145,6 +145,9 @@ pub enum Event {
         /// The tag given to [`set_timer`](crate::Reactor::set_timer).
         tag: u64,
     },
+    /// The [`shutdown`](crate::Reactor::shutdown) is complete: every connection has
+    /// ended (each with its own `Disconnected`) and no listener is left. Given once.
+    ShutDown,
     /// A user-registered source is ready.
     Source {
         /// The source.
@@ -166,7 +169,7 @@ impl Event {
             | Event::Writable { conn }
             | Event::HeartbeatDue { conn }
             | Event::Disconnected { conn, .. } => Some(*conn),
-            Event::Timer { .. } | Event::Source { .. } => None,
+            Event::Timer { .. } | Event::Source { .. } | Event::ShutDown => None,
         }
     }
 }

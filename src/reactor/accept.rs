@@ -87,6 +87,7 @@ impl Reactor {
     }
 
     fn add_listener(&mut self, mut sock: TcpListener, cfg: ConnConfig) -> io::Result<ListenerId> {
+        self.refuse_if_shutting_down()?;
         let registry = &self.registry;
         let key = self.table.insert(|key, token| {
             registry.register(&mut sock, token, Interest::READABLE)?;

@@ -27,6 +27,7 @@ impl Reactor {
     /// Errors the OS reports at once (bad address, no route, fd exhaustion) are returned.
     /// Sends made before the connection completes are queued and flushed once it does.
     pub fn connect(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ConnId> {
+        self.refuse_if_shutting_down()?;
         let sock = TcpStream::connect(addr)?;
         let id = self.add_conn(sock, cfg, Lifecycle::connecting(cfg.half_close))?;
         if let Some(t) = cfg.connect_timeout {
@@ -60,6 +61,7 @@ impl Reactor {
     /// # }
     /// ```
     pub fn adopt(&mut self, stream: std::net::TcpStream, cfg: ConnConfig) -> io::Result<ConnId> {
+        self.refuse_if_shutting_down()?;
         stream.set_nonblocking(true)?;
         let peer = stream.peer_addr()?;
         let id = self.add_conn(
@@ -372,6 +374,7 @@ impl Reactor {
         // Dropping the socket closes the fd, which also removes it from epoll.
         drop(c);
         self.pending.push(Event::Disconnected { conn: id, cause });
+        self.check_shut_down();
     }
 }
 

@@ -42,7 +42,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::{Events, Poll, Registry};
@@ -105,6 +105,10 @@ pub struct Reactor {
     commands: VecDeque<Command>,
     /// A hosted turn has started (`now` was read by the first `handle_event`).
     in_turn: bool,
+    /// `shutdown` was called: no new connections or listeners.
+    shutting_down: bool,
+    /// `Event::ShutDown` was given.
+    shut_down: bool,
 }
 
 impl Reactor {
@@ -156,6 +160,8 @@ impl Reactor {
             shared: None,
             commands: VecDeque::new(),
             in_turn: false,
+            shutting_down: false,
+            shut_down: false,
         }
     }
 
@@ -179,6 +185,70 @@ impl Reactor {
     /// The clock this reactor reads.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The connections open now (connecting, open or closing), in no particular order.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.table.conns().map(|c| c.id)
+    }
+
+    /// Shut down gracefully: stop listening, then [`close`](Reactor::close) every
+    /// connection, each bounded by `linger` (or its own linger, if shorter). Every
+    /// connection still reports its own `Disconnected` (`Closed` once its peer took
+    /// everything, `SlowPeer` if linger ran out first); when the last one has ended,
+    /// [`Event::ShutDown`] follows, once. Afterwards the reactor takes no new
+    /// connections or listeners (`listen`, `connect` and `adopt` fail); timers and
+    /// handles still work. A second call does nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use heartloop::{ConnConfig, Event, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// reactor.listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())?;
+    /// reactor.shutdown(Duration::from_secs(5));
+    /// let mut events = Vec::new();
+    /// reactor.poll(&mut events, Some(Duration::ZERO))?;
+    /// assert_eq!(events, [Event::ShutDown]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shutdown(&mut self, linger: Duration) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        for id in self.table.listeners().collect::<Vec<_>>() {
+            self.unlisten(id);
+        }
+        for id in self.connections().collect::<Vec<_>>() {
+            if let Some(c) = self.table.conn_mut(id) {
+                c.cfg.linger = c.cfg.linger.min(linger);
+            }
+            self.close(id);
+        }
+        self.check_shut_down();
+    }
+
+    /// Whether [`shutdown`](Reactor::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Give `Event::ShutDown` once, when shutting down and nothing is left.
+    fn check_shut_down(&mut self) {
+        if self.shutting_down && !self.shut_down && self.open_connections() == 0 {
+            self.shut_down = true;
+            self.pending.push(Event::ShutDown);
+        }
+    }
+
+    /// Refuse new connections and listeners once shutting down.
+    fn refuse_if_shutting_down(&self) -> io::Result<()> {
+        if self.shutting_down {
+            return Err(io::Error::other("the reactor is shutting down"));
+        }
+        Ok(())
     }
 }
 

@@ -187,6 +187,14 @@ impl Table {
         }
     }
 
+    /// Every listener.
+    pub(crate) fn listeners(&self) -> impl Iterator<Item = ListenerId> + '_ {
+        self.slab.iter().filter_map(|(_, s)| match &s.entry {
+            Entry::Listener(l) => Some(l.id),
+            _ => None,
+        })
+    }
+
     /// Every connection.
     pub(crate) fn conns(&self) -> impl Iterator<Item = &Conn> {
         self.slab.iter().filter_map(|(_, s)| match &s.entry {
