@@ -16,6 +16,9 @@ use crate::event::{Event, ListenerId};
 use crate::lifecycle::Lifecycle;
 use crate::wheel::TimerKey;
 
+/// At most one log line per this long about connections turned away.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest accept back-off while file descriptors stay exhausted.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -130,6 +133,23 @@ impl Reactor {
         true
     }
 
+    /// A connect storm at `max_connections` logs one line a second, not one per peer.
+    fn log_turned_away(&mut self, peer: SocketAddr) {
+        let now = self.now;
+        let log = &mut self.turned_away_log;
+        log.1 += 1;
+        if log
+            .0
+            .is_none_or(|at| now.saturating_duration_since(at) >= LOG_EVERY)
+        {
+            log::warn!(
+                "{} connection(s) turned away at max_connections since the last report (latest {peer})",
+                log.1
+            );
+            *log = (Some(now), 0);
+        }
+    }
+
     pub(super) fn accept_ready(&mut self, lid: ListenerId) {
         for _ in 0..self.cfg.accept_budget {
             let Some(l) = self.table.listener_mut(lid) else {
@@ -148,7 +168,7 @@ impl Reactor {
                         let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
                         drop(sock);
                         self.stats.rejected += 1;
-                        log::warn!("{peer} turned away: max_connections reached");
+                        self.log_turned_away(peer);
                         continue;
                     }
                     match self.add_conn(sock, cfg, Lifecycle::accepted(cfg.half_close)) {

@@ -407,7 +407,10 @@ fn apply_socket_options(sock: &TcpStream, cfg: &ConnConfig) {
         apply("SO_KEEPALIVE", s.set_tcp_keepalive(&ka));
     }
     if let Some(t) = cfg.user_timeout {
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
         apply("TCP_USER_TIMEOUT", s.set_tcp_user_timeout(Some(t)));
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+        log::debug!("TCP_USER_TIMEOUT ({t:?}) is not available on this platform: not set");
     }
     if let Some(n) = cfg.send_buffer {
         apply("SO_SNDBUF", s.set_send_buffer_size(n));

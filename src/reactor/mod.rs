@@ -109,6 +109,8 @@ pub struct Reactor {
     shutting_down: bool,
     /// `Event::ShutDown` was given.
     shut_down: bool,
+    /// When connections turned away were last logged, and how many since.
+    turned_away_log: (Option<Instant>, u64),
 }
 
 impl Reactor {
@@ -162,6 +164,7 @@ impl Reactor {
             in_turn: false,
             shutting_down: false,
             shut_down: false,
+            turned_away_log: (None, 0),
         }
     }
 
