@@ -2,24 +2,22 @@
 //!
 //! Plain data owned by the reactor's slab; the reactor does the syscalls.
 
-use std::net::SocketAddr;
-
 use bytes::BytesMut;
-use mio::net::TcpStream;
 
 use crate::codec::Decoder;
 use crate::config::ConnConfig;
-use crate::event::ConnId;
+use crate::event::{ConnId, PeerAddr};
 use crate::heartbeat::Liveness;
 use crate::lifecycle::Lifecycle;
 use crate::outbound::OutboundQueue;
+use crate::reactor::Stream;
 use crate::wheel::TimerKey;
 
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    pub(crate) sock: TcpStream,
-    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) sock: Stream,
+    pub(crate) peer: Option<PeerAddr>,
     pub(crate) cfg: ConnConfig,
     /// Where the connection is in its life: every decision to end it is made there.
     pub(crate) lc: Lifecycle,
@@ -48,7 +46,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, sock: TcpStream, cfg: ConnConfig, lc: Lifecycle) -> Conn {
+    pub(crate) fn new(id: ConnId, sock: Stream, cfg: ConnConfig, lc: Lifecycle) -> Conn {
         Conn {
             id,
             sock,

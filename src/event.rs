@@ -46,6 +46,49 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// The address of a peer (or of a listener): TCP, or a Unix domain socket.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket: its path, or `None` when unnamed (a client socket usually
+    /// is) or abstract.
+    Unix(Option<std::path::PathBuf>),
+}
+
+impl PeerAddr {
+    /// The TCP address, if it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            PeerAddr::Tcp(a) => Some(*a),
+            PeerAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => a.fmt(f),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(None) => f.write_str("unix:(unnamed)"),
+        }
+    }
+}
+
+impl PartialEq<SocketAddr> for PeerAddr {
+    fn eq(&self, other: &SocketAddr) -> bool {
+        self.tcp() == Some(*other)
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(a: SocketAddr) -> PeerAddr {
+        PeerAddr::Tcp(a)
+    }
+}
+
 /// One listening socket.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ListenerId {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use mio::Interest;
 use mio::net::TcpListener;
 
-use super::Reactor;
 use super::expiry::Timeout;
 use super::table::Entry;
+use super::{ListenSocket, Reactor};
 use crate::config::ConnConfig;
-use crate::event::{Event, ListenerId};
+use crate::event::{Event, ListenerId, PeerAddr};
 use crate::lifecycle::Lifecycle;
 use crate::wheel::TimerKey;
 
@@ -25,7 +25,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) id: ListenerId,
-    sock: TcpListener,
+    sock: ListenSocket,
     cfg: ConnConfig,
     /// Current back-off after fd exhaustion; `None` while accepting normally.
     backoff: Option<Duration>,
@@ -74,7 +74,7 @@ impl Reactor {
         opts: ListenOptions,
         cfg: ConnConfig,
     ) -> io::Result<ListenerId> {
-        self.add_listener(bind_listener(addr, opts)?, cfg)
+        self.add_listener(ListenSocket::Tcp(bind_listener(addr, opts)?), cfg)
     }
 
     /// Listen on a socket made elsewhere (socket activation, a listener handed over by a
@@ -86,10 +86,36 @@ impl Reactor {
         cfg: ConnConfig,
     ) -> io::Result<ListenerId> {
         listener.set_nonblocking(true)?;
-        self.add_listener(TcpListener::from_std(listener), cfg)
+        self.add_listener(ListenSocket::Tcp(TcpListener::from_std(listener)), cfg)
     }
 
-    fn add_listener(&mut self, mut sock: TcpListener, cfg: ConnConfig) -> io::Result<ListenerId> {
+    /// Listen on a Unix domain socket at `path` (which must not exist yet; remove a stale
+    /// one first). Accepted connections get `cfg`: the same events, causes, heartbeats and
+    /// backpressure as TCP; TCP's socket options (`nodelay`, keepalive, `user_timeout`)
+    /// do not apply.
+    pub fn listen_unix(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+        cfg: ConnConfig,
+    ) -> io::Result<ListenerId> {
+        self.refuse_if_shutting_down()?;
+        let sock = mio::net::UnixListener::bind(path)?;
+        self.add_listener(ListenSocket::Unix(sock), cfg)
+    }
+
+    /// The address a listener is bound to, TCP or Unix.
+    pub fn listener_addr(&self, id: ListenerId) -> io::Result<PeerAddr> {
+        match self.table.get(id) {
+            Some(Entry::Listener(l)) => l.sock.local(),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such listener")),
+        }
+    }
+
+    pub(super) fn add_listener(
+        &mut self,
+        mut sock: ListenSocket,
+        cfg: ConnConfig,
+    ) -> io::Result<ListenerId> {
         self.refuse_if_shutting_down()?;
         let registry = &self.registry;
         let key = self.table.insert(|key, token| {
@@ -115,7 +141,10 @@ impl Reactor {
     /// The address a listener is bound to.
     pub fn local_addr(&self, id: ListenerId) -> io::Result<SocketAddr> {
         match self.table.get(id) {
-            Some(Entry::Listener(l)) => l.sock.local_addr(),
+            Some(Entry::Listener(l)) => l.sock.local().and_then(|a| {
+                a.tcp()
+                    .ok_or_else(|| io::Error::other("a Unix listener: see local_peer_addr"))
+            }),
             _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such listener")),
         }
     }
@@ -134,7 +163,7 @@ impl Reactor {
     }
 
     /// A connect storm at `max_connections` logs one line a second, not one per peer.
-    fn log_turned_away(&mut self, peer: SocketAddr) {
+    fn log_turned_away(&mut self, peer: PeerAddr) {
         let now = self.now;
         let log = &mut self.turned_away_log;
         log.1 += 1;
@@ -174,13 +203,16 @@ impl Reactor {
                     match self.add_conn(sock, cfg, Lifecycle::accepted(cfg.half_close)) {
                         Ok(conn) => {
                             self.stats.accepted += 1;
-                            self.pending.push(Event::Accepted {
-                                listener: lid,
-                                conn,
-                                peer,
-                            });
                             if let Some(c) = self.table.conn_mut(conn) {
-                                c.peer = Some(peer);
+                                c.peer = Some(peer.clone());
+                            }
+                            // (Unix listeners come with the PeerAddr event.)
+                            if let Some(peer) = peer.tcp() {
+                                self.pending.push(Event::Accepted {
+                                    listener: lid,
+                                    conn,
+                                    peer,
+                                });
                             }
                             self.start_heartbeat(conn);
                         }

@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 
 use super::expiry::Timeout;
 use super::table::Entry;
-use super::{Conn, Reactor};
+use super::{Conn, Reactor, Stream};
 use crate::cause::Cause;
 use crate::clock::later;
 use crate::config::ConnConfig;
@@ -28,7 +28,11 @@ impl Reactor {
     /// Sends made before the connection completes are queued and flushed once it does.
     pub fn connect(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ConnId> {
         self.refuse_if_shutting_down()?;
-        let sock = TcpStream::connect(addr)?;
+        let sock = Stream::Tcp(TcpStream::connect(addr)?);
+        self.start_connect(sock, cfg)
+    }
+
+    fn start_connect(&mut self, sock: Stream, cfg: ConnConfig) -> io::Result<ConnId> {
         let id = self.add_conn(sock, cfg, Lifecycle::connecting(cfg.half_close))?;
         if let Some(t) = cfg.connect_timeout {
             // Called between turns: read the clock, the turn's `now` may be old.
@@ -65,10 +69,40 @@ impl Reactor {
         stream.set_nonblocking(true)?;
         let peer = stream.peer_addr()?;
         let id = self.add_conn(
-            TcpStream::from_std(stream),
+            Stream::Tcp(TcpStream::from_std(stream)),
             cfg,
             Lifecycle::accepted(cfg.half_close),
         )?;
+        if let Some(c) = self.table.conn_mut(id) {
+            c.peer = Some(peer.into());
+        }
+        self.start_heartbeat(id);
+        Ok(id)
+    }
+
+    /// Connect to a Unix domain socket at `path`; the result arrives as for
+    /// [`connect`](Reactor::connect) (`Connected`, or `Disconnected` with a cause).
+    pub fn connect_unix(
+        &mut self,
+        path: impl AsRef<std::path::Path>,
+        cfg: ConnConfig,
+    ) -> io::Result<ConnId> {
+        self.refuse_if_shutting_down()?;
+        let sock = Stream::Unix(mio::net::UnixStream::connect(path)?);
+        self.start_connect(sock, cfg)
+    }
+
+    /// [`adopt`](Reactor::adopt) for a connected Unix domain stream.
+    pub fn adopt_unix(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        cfg: ConnConfig,
+    ) -> io::Result<ConnId> {
+        self.refuse_if_shutting_down()?;
+        stream.set_nonblocking(true)?;
+        let sock = Stream::Unix(mio::net::UnixStream::from_std(stream));
+        let peer = sock.peer()?;
+        let id = self.add_conn(sock, cfg, Lifecycle::accepted(cfg.half_close))?;
         if let Some(c) = self.table.conn_mut(id) {
             c.peer = Some(peer);
         }
@@ -78,7 +112,7 @@ impl Reactor {
 
     pub(super) fn add_conn(
         &mut self,
-        mut sock: TcpStream,
+        mut sock: Stream,
         cfg: ConnConfig,
         lc: Lifecycle,
     ) -> io::Result<ConnId> {
@@ -121,7 +155,7 @@ impl Reactor {
 
     /// The peer's address, once known.
     pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.table.conn(id).and_then(|c| c.peer)
+        self.table.conn(id).and_then(|c| c.peer.as_ref()?.tcp())
     }
 
     /// Bytes queued for the connection (`None` if stale).
@@ -278,7 +312,7 @@ impl Reactor {
         };
         let step = match c.sock.take_error() {
             Ok(Some(e)) | Err(e) => c.lc.on_error(Cause::from_io(&e)),
-            Ok(None) => match c.sock.peer_addr() {
+            Ok(None) => match c.sock.peer() {
                 Ok(addr) => {
                     c.peer = Some(addr);
                     if let Some(t) = c.connect_timer.take() {
@@ -357,7 +391,7 @@ impl Reactor {
             self.wheel.cancel(t);
         }
         self.stats.disconnects.count(&cause);
-        match c.peer {
+        match &c.peer {
             Some(p) => log::debug!("{id} ({p}) disconnected: {cause}"),
             None => log::debug!("{id} disconnected: {cause}"),
         }
@@ -380,7 +414,7 @@ impl Reactor {
 
 /// Read and discard what waits in the socket's receive queue (at most 256 KiB), so that
 /// closing it sends FIN rather than a reset.
-fn drain_input(sock: &mut TcpStream) {
+fn drain_input(sock: &mut Stream) {
     let mut buf = [0u8; 8192];
     for _ in 0..32 {
         match sock.read(&mut buf) {
@@ -391,8 +425,11 @@ fn drain_input(sock: &mut TcpStream) {
     }
 }
 
-fn apply_socket_options(sock: &TcpStream, cfg: &ConnConfig) {
-    let s = socket2::SockRef::from(sock);
+fn apply_socket_options(sock: &Stream, cfg: &ConnConfig) {
+    let Some(tcp) = sock.tcp() else {
+        return; // the options below are TCP's
+    };
+    let s = socket2::SockRef::from(tcp);
     let apply = |what: &str, r: io::Result<()>| {
         if let Err(e) = r {
             log::debug!("setting {what}: {e}");

@@ -277,7 +277,7 @@ impl Reactor {
 /// Bytes waiting in the socket's receive queue, without reading them. On Linux a peek with
 /// `MSG_TRUNC` counts them without copying (into `scratch`'s spare capacity, never written
 /// and so never backed by memory); elsewhere a one-byte peek says only whether any wait.
-fn waiting_bytes(sock: &mio::net::TcpStream, scratch: &mut Vec<u8>) -> usize {
+fn waiting_bytes(sock: &super::Stream, scratch: &mut Vec<u8>) -> usize {
     let s = socket2::SockRef::from(sock);
     #[cfg(target_os = "linux")]
     {
