@@ -173,7 +173,7 @@ fn cause_fields(cause: &Cause) -> String {
             "HeartbeatTimeout silent_for_ms={:.1}",
             silent_for.as_secs_f64() * 1e3
         ),
-        Cause::Io(kind) => format!("Io kind={kind:?}"),
+        Cause::Io { kind, errno } => format!("Io kind={kind:?} errno={errno:?}"),
         Cause::PeerClosed => "PeerClosed".into(),
         Cause::Reset => "Reset".into(),
         Cause::TimedOut => "TimedOut".into(),

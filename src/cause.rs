@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Why a connection ended. Every connection ends exactly once, with exactly one cause.
 ///
 /// `Display` renders it for people ("peer process exited", "no sign of life for 3.0 s:
-/// network or host lost", ...); match on the variants for decisions.
+/// peer hung, or network or host lost", ...); match on the variants for decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Cause {
@@ -31,9 +31,10 @@ pub enum Cause {
     /// The connection was reset (`ECONNRESET`, `EPIPE`, `ECONNABORTED`): the peer died
     /// with data it never read, or aborted the connection on purpose.
     Reset,
-    /// Nothing was received for the heartbeat timeout: the network or the peer's host
-    /// is lost (a crashed *process* shows up as [`Cause::PeerClosed`] or
-    /// [`Cause::Reset`] instead, at once).
+    /// Nothing was received for the heartbeat timeout: the peer's process hung (alive to
+    /// the kernel, silent to us), or the network or its host is lost. A crashed *process*
+    /// shows up as [`Cause::PeerClosed`] or [`Cause::Reset`] instead, at once; a hung one
+    /// and a lost network cannot be told apart from here.
     HeartbeatTimeout {
         /// How long the peer had been silent when it was declared lost.
         silent_for: Duration,
@@ -56,8 +57,14 @@ pub enum Cause {
     ConnectTimeout,
     /// The peer sent bytes that break the framing (for example a frame above the maximum).
     Protocol(ProtocolError),
-    /// Any other I/O error, by kind.
-    Io(io::ErrorKind),
+    /// Any other I/O error: its kind, and the OS error number when the OS gave one (see
+    /// [`Cause::io_error`] for the error itself).
+    Io {
+        /// The error's kind.
+        kind: io::ErrorKind,
+        /// The OS error number (`errno`), if any.
+        errno: Option<i32>,
+    },
     /// We closed it ([`Reactor::close`](crate::Reactor::close) or
     /// [`Reactor::abort`](crate::Reactor::abort)).
     Closed,
@@ -76,6 +83,15 @@ impl Cause {
         matches!(self, Cause::HeartbeatTimeout { .. } | Cause::TimedOut)
     }
 
+    /// The I/O error behind a [`Cause::Io`], rebuilt from its OS error number (or kind).
+    pub fn io_error(&self) -> Option<io::Error> {
+        match self {
+            Cause::Io { errno: Some(n), .. } => Some(io::Error::from_raw_os_error(*n)),
+            Cause::Io { kind, errno: None } => Some(io::Error::from(*kind)),
+            _ => None,
+        }
+    }
+
     /// Map an I/O error from a read, a write or `SO_ERROR` to a cause.
     pub fn from_io(err: &io::Error) -> Cause {
         use io::ErrorKind as K;
@@ -87,7 +103,10 @@ impl Cause {
             // ETIMEDOUT: with our own route gone (link down) that is ENETUNREACH, after ICMP
             // or ARP failures EHOSTUNREACH. All of them mean the network or host was lost.
             K::TimedOut | K::NetworkUnreachable | K::HostUnreachable => Cause::TimedOut,
-            kind => Cause::Io(kind),
+            kind => Cause::Io {
+                kind,
+                errno: err.raw_os_error(),
+            },
         }
     }
 }
@@ -103,7 +122,7 @@ impl fmt::Display for Cause {
             }
             Cause::HeartbeatTimeout { silent_for } => write!(
                 f,
-                "no sign of life for {:.1} s: network or host lost",
+                "no sign of life for {:.1} s: peer hung, or network or host lost",
                 silent_for.as_secs_f64()
             ),
             Cause::TimedOut => f.write_str(
@@ -128,7 +147,10 @@ impl fmt::Display for Cause {
                 f.write_str("connect timed out: host unreachable or not answering")
             }
             Cause::Protocol(e) => write!(f, "protocol error: {e}"),
-            Cause::Io(kind) => write!(f, "I/O error: {kind}"),
+            Cause::Io { errno: Some(n), .. } => {
+                write!(f, "I/O error: {}", io::Error::from_raw_os_error(*n))
+            }
+            Cause::Io { kind, errno: None } => write!(f, "I/O error: {kind}"),
             Cause::Closed => f.write_str("closed by us"),
         }
     }
@@ -222,8 +244,32 @@ mod tests {
         );
         assert_eq!(
             Cause::from_io(&e(io::ErrorKind::PermissionDenied)),
-            Cause::Io(io::ErrorKind::PermissionDenied)
+            Cause::Io {
+                kind: io::ErrorKind::PermissionDenied,
+                errno: None
+            }
         );
+    }
+
+    /// The OS error survives: people see "Permission denied (os error 13)", not
+    /// "uncategorized error".
+    #[test]
+    fn io_causes_keep_the_os_error() {
+        let c = Cause::from_io(&io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            c,
+            Cause::Io {
+                kind: io::ErrorKind::PermissionDenied,
+                errno: Some(libc::EACCES)
+            }
+        );
+        assert!(c.to_string().contains("os error 13"), "{c}");
+        assert_eq!(
+            c.io_error().and_then(|e| e.raw_os_error()),
+            Some(libc::EACCES)
+        );
+        let odd = Cause::from_io(&io::Error::from_raw_os_error(libc::EPROTO));
+        assert!(odd.to_string().contains("rotocol error"), "{odd}");
     }
 
     #[test]
@@ -232,7 +278,10 @@ mod tests {
             silent_for: Duration::from_millis(3000),
         }
         .to_string();
-        assert_eq!(s, "no sign of life for 3.0 s: network or host lost");
+        assert_eq!(
+            s,
+            "no sign of life for 3.0 s: peer hung, or network or host lost"
+        );
         assert!(Cause::Reset.to_string().contains("unread data"));
         assert!(
             Cause::HeartbeatTimeout {

@@ -40,7 +40,7 @@ impl DisconnectCounts {
             Cause::ConnectTimeout => &mut self.connect_timeout,
             Cause::Protocol(_) => &mut self.protocol,
             Cause::Closed => &mut self.closed,
-            Cause::Io(_) => &mut self.io,
+            Cause::Io { .. } => &mut self.io,
         };
         *slot += 1;
     }
