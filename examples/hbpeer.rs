@@ -20,7 +20,7 @@
 //!   for a gap, a duplicate or a reordering; `SEQ_SENT <n>` once `--seq-count` numbers were
 //!   queued (sending then stops)
 //! * `DISCONNECTED <Cause> [silent_for_ms=<ms>]`, e.g. `DISCONNECTED .. .. HeartbeatTimeout
-//!   silent_for_ms=1003.2`, `PeerClosed`, `Reset`, `TimedOut`, `Io kind=<ErrorKind>`; then the
+//!   silent_for_ms=1003.2`, `PeerClosed`, `Reset`, `TimedOut`, `Io kind=<ErrorKind> errno=<Option>`; then the
 //!   process exits with status 0.
 //!
 //! Options:
