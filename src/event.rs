@@ -96,9 +96,19 @@ pub struct ListenerId {
     pub(crate) index: u32,
 }
 
-/// A user timer set with [`Reactor::set_timer`](crate::Reactor::set_timer).
+/// A user timer set with [`Reactor::set_timer`](crate::Reactor::set_timer) or
+/// [`Handle::set_timer`](crate::Handle::set_timer).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct TimerId(pub(crate) crate::wheel::TimerKey);
+pub struct TimerId(pub(crate) TimerRef);
+
+/// Where a timer id came from.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum TimerRef {
+    /// Set on the loop thread: the wheel's key.
+    Wheel(crate::wheel::TimerKey),
+    /// Set through a handle: its number (the reactor maps it to a wheel key).
+    Handle(u64),
+}
 
 /// A user source registered with [`Reactor::register_source`](crate::Reactor::register_source).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

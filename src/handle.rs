@@ -7,13 +7,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::event::ConnId;
+use crate::event::{ConnId, TimerId, TimerRef};
 
 /// What a [`Handle`] asks the loop to do.
 #[derive(Debug)]
@@ -21,7 +21,8 @@ pub(crate) enum Command {
     Send(ConnId, Bytes),
     Close(ConnId),
     Abort(ConnId),
-    SetTimer(Duration, u64),
+    SetTimer(Duration, u64, u64),
+    CancelTimer(u64),
 }
 
 /// State shared by the reactor and its handles.
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     /// Set when the reactor is dropped.
     pub(crate) gone: AtomicBool,
     pub(crate) waker: mio::Waker,
+    /// Numbers the timers set through handles (their `TimerId`s).
+    pub(crate) next_timer: AtomicU64,
 }
 
 impl Shared {
@@ -121,10 +124,25 @@ impl Handle {
         self.push(Command::Abort(conn))
     }
 
-    /// Set a timer: [`Event::Timer`](crate::Event::Timer) with `tag` fires `after` from
-    /// when the loop applies the command.
-    pub fn set_timer(&self, after: Duration, tag: u64) -> Result<(), HandleError> {
-        self.push(Command::SetTimer(after, tag))
+    /// Set a timer: [`Event::Timer`](crate::Event::Timer) with `tag` and the returned id
+    /// fires `after` from when the loop applies the command. Cancel it with
+    /// [`cancel_timer`](Handle::cancel_timer) (or, on the loop thread,
+    /// [`Reactor::cancel_timer`](crate::Reactor::cancel_timer) once the command was
+    /// applied).
+    pub fn set_timer(&self, after: Duration, tag: u64) -> Result<TimerId, HandleError> {
+        let n = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
+        self.push(Command::SetTimer(after, tag, n))?;
+        Ok(TimerId(TimerRef::Handle(n)))
+    }
+
+    /// Cancel a timer set with [`set_timer`](Handle::set_timer) (applied after it, in
+    /// order); a timer that already fired is not affected. Ids of timers the owner set
+    /// on the loop thread are cancelled there, with `Reactor::cancel_timer`.
+    pub fn cancel_timer(&self, id: TimerId) -> Result<(), HandleError> {
+        match id.0 {
+            TimerRef::Handle(n) => self.push(Command::CancelTimer(n)),
+            TimerRef::Wheel(_) => Ok(()),
+        }
     }
 
     /// Wake the loop: its current or next `poll` returns promptly.

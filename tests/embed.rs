@@ -347,3 +347,47 @@ fn user_sources_are_delivered() {
         "stale source id"
     );
 }
+
+/// A timer set through a handle has an id: it fires with that id, and a handle (or the
+/// loop, once applied) can cancel it.
+#[test]
+fn handle_timers_have_ids_that_fire_and_cancel() {
+    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
+    let h = r.handle().unwrap();
+    let (fires, cancelled, by_loop) = std::thread::spawn(move || {
+        let fires = h.set_timer(Duration::from_millis(20), 1).unwrap();
+        let cancelled = h.set_timer(Duration::from_millis(10), 2).unwrap();
+        h.cancel_timer(cancelled).unwrap();
+        let by_loop = h.set_timer(Duration::from_millis(10), 3).unwrap();
+        (fires, cancelled, by_loop)
+    })
+    .join()
+    .unwrap();
+    assert!(fires != cancelled && cancelled != by_loop);
+    let mut events = Vec::new();
+    r.poll(&mut events, Some(Duration::ZERO)).unwrap(); // applies the commands
+    assert!(
+        r.cancel_timer(by_loop),
+        "applied, so the loop can cancel it"
+    );
+    assert!(
+        !r.cancel_timer(cancelled),
+        "the handle cancelled it already"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while !events.iter().any(|e| matches!(e, Event::Timer { .. })) {
+        assert!(Instant::now() < end);
+        r.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    r.poll(&mut events, Some(Duration::from_millis(30)))
+        .unwrap();
+    let timers: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Timer { id, tag } => Some((*id, *tag)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timers, [(fires, 1)]);
+}

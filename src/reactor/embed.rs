@@ -8,10 +8,11 @@ use std::sync::Arc;
 use mio::{Registry, Token};
 
 use super::Reactor;
+use super::expiry::Timeout;
 use super::table::{Entry, TOKEN_SPAN};
 use crate::clock::Clock;
 use crate::config::ReactorConfig;
-use crate::event::{Event, SourceId};
+use crate::event::{Event, SourceId, TimerId, TimerRef};
 use crate::handle::{Command, Handle, Shared};
 
 #[derive(Debug)]
@@ -64,6 +65,7 @@ impl Reactor {
                 woken: Default::default(),
                 gone: Default::default(),
                 waker,
+                next_timer: Default::default(),
             }));
         }
         Ok(Handle {
@@ -100,10 +102,18 @@ impl Reactor {
                 Command::Send(conn, bytes) => self.send(conn, bytes).is_ok(),
                 Command::Close(conn) => self.close(conn),
                 Command::Abort(conn) => self.abort(conn),
-                Command::SetTimer(after, tag) => {
-                    self.set_timer(after, tag);
+                Command::SetTimer(after, tag, n) => {
+                    let key = self.wheel.insert(
+                        crate::clock::later(self.clock.now(), after),
+                        Timeout::User {
+                            tag,
+                            handle: Some(n),
+                        },
+                    );
+                    self.handle_timers.insert(n, key);
                     true
                 }
+                Command::CancelTimer(n) => self.cancel_timer(TimerId(TimerRef::Handle(n))),
             };
             if !ok {
                 self.stats.handle_dropped += 1;

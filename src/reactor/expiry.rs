@@ -8,13 +8,17 @@ use bytes::Bytes;
 use super::Reactor;
 use crate::clock::later;
 use crate::codec::{self, Framing};
-use crate::event::{ConnId, Event, ListenerId, TimerId};
+use crate::event::{ConnId, Event, ListenerId, TimerId, TimerRef};
 use crate::heartbeat::{self, Verdict};
 
 /// What a wheel timer is for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Timeout {
-    User { tag: u64 },
+    /// A user timer; `handle` is its number when set through a `Handle`.
+    User {
+        tag: u64,
+        handle: Option<u64>,
+    },
     Connect(ConnId),
     Stall(ConnId),
     Linger(ConnId),
@@ -23,16 +27,39 @@ pub(crate) enum Timeout {
 
 impl Reactor {
     /// Fire [`Event::Timer`] with `tag` after `after` (rounded up to the millisecond).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use heartloop::{Event, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// let t = reactor.set_timer(Duration::from_millis(5), 42);
+    /// let mut events = Vec::new();
+    /// while events.is_empty() {
+    ///     reactor.poll(&mut events, None)?; // sleeps until the timer is due
+    /// }
+    /// assert_eq!(events, [Event::Timer { id: t, tag: 42 }]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_timer(&mut self, after: Duration, tag: u64) -> TimerId {
-        TimerId(
-            self.wheel
-                .insert(later(self.clock.now(), after), Timeout::User { tag }),
-        )
+        let at = later(self.clock.now(), after);
+        TimerId(TimerRef::Wheel(
+            self.wheel.insert(at, Timeout::User { tag, handle: None }),
+        ))
     }
 
-    /// Cancel a timer; `false` if it already fired or was cancelled.
+    /// Cancel a timer; `false` if it already fired or was cancelled (or, for a timer set
+    /// through a [`Handle`](crate::Handle), if the loop has not applied it yet).
     pub fn cancel_timer(&mut self, id: TimerId) -> bool {
-        self.wheel.cancel(id.0).is_some()
+        let key = match id.0 {
+            TimerRef::Wheel(k) => k,
+            TimerRef::Handle(n) => match self.handle_timers.remove(&n) {
+                Some(k) => k,
+                None => return false,
+            },
+        };
+        self.wheel.cancel(key).is_some()
     }
 
     pub(super) fn expire_timers(&mut self) {
@@ -40,10 +67,16 @@ impl Reactor {
         self.wheel.advance(self.now, &mut fired);
         for (key, t) in fired.drain(..) {
             match t {
-                Timeout::User { tag } => self.pending.push(Event::Timer {
-                    id: TimerId(key),
-                    tag,
-                }),
+                Timeout::User { tag, handle } => {
+                    let id = match handle {
+                        Some(n) => {
+                            self.handle_timers.remove(&n);
+                            TimerId(TimerRef::Handle(n))
+                        }
+                        None => TimerId(TimerRef::Wheel(key)),
+                    };
+                    self.pending.push(Event::Timer { id, tag });
+                }
                 Timeout::Connect(id) => {
                     if let Some(c) = self.table.conn_mut(id) {
                         c.connect_timer = None;

@@ -111,6 +111,8 @@ pub struct Reactor {
     shutting_down: bool,
     /// `Event::ShutDown` was given.
     shut_down: bool,
+    /// Timers set through handles: their number → the wheel's key.
+    handle_timers: std::collections::HashMap<u64, TimerKey>,
     /// When connections turned away were last logged, and how many since.
     turned_away_log: (Option<Instant>, u64),
 }
@@ -167,6 +169,7 @@ impl Reactor {
             shutting_down: false,
             shut_down: false,
             turned_away_log: (None, 0),
+            handle_timers: Default::default(),
         }
     }
 
