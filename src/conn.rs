@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 
+use crate::cause::ProtocolError;
 use crate::codec::Decoder;
 use crate::config::ConnConfig;
 use crate::event::{ConnId, PeerAddr};
@@ -29,6 +30,8 @@ pub(crate) struct Conn {
     pub(crate) backlog: bool,
     /// The decoder of a `Lines` or `Custom` framing (`None` for the built-in framings).
     pub(crate) decoder: Option<Box<dyn Decoder>>,
+    /// `close_with`'s reason: reported instead of `Closed` when the close completes.
+    pub(crate) close_reason: Option<ProtocolError>,
     pub(crate) out: OutboundQueue,
     pub(crate) live: Option<Liveness>,
     /// While reading is paused: the bytes waiting in the kernel at the last heartbeat
@@ -56,6 +59,7 @@ impl Conn {
             partial: BytesMut::new(),
             backlog: false,
             decoder: cfg.framing.decoder(),
+            close_reason: None,
             out: OutboundQueue::new(),
             live: None,
             waiting: 0,

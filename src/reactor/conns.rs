@@ -14,7 +14,7 @@ use mio::net::TcpStream;
 use super::expiry::Timeout;
 use super::table::Entry;
 use super::{Conn, Reactor, Stream};
-use crate::cause::Cause;
+use crate::cause::{Cause, ProtocolError};
 use crate::clock::later;
 use crate::config::ConnConfig;
 use crate::event::{ConnId, Event, Readiness};
@@ -185,6 +185,39 @@ impl Reactor {
             step => self.obey(id, step),
         }
         true
+    }
+
+    /// [`close`](Reactor::close), reporting `reason` as the cause
+    /// (`Disconnected { cause: Protocol(reason) }`) instead of `Closed`: for an
+    /// application that ends a connection over its own protocol's error (a bad command,
+    /// a failed login) and wants that in its logs and counters. What is queued (say, the
+    /// error message to the peer) is still delivered first.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use heartloop::{ConnConfig, Event, ProtocolError, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// # let l = reactor.listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())?;
+    /// # let _client = std::net::TcpStream::connect(reactor.local_addr(l)?)?;
+    /// # let mut events = Vec::new();
+    /// # let conn = loop {
+    /// #     reactor.poll(&mut events, None)?;
+    /// #     if let Some(Event::Accepted { conn, .. }) = events.pop() { break conn; }
+    /// # };
+    /// let _ = reactor.send(conn, Bytes::from_static(b"-ERR unknown command\r\n"));
+    /// reactor.close_with(conn, ProtocolError::Other("unknown command".into()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn close_with(&mut self, id: ConnId, reason: ProtocolError) -> bool {
+        let Some(c) = self.table.conn_mut(id) else {
+            return false;
+        };
+        if c.lc.can_send().is_ok() {
+            c.close_reason = Some(reason); // not after an earlier close: that one stands
+        }
+        self.close(id)
     }
 
     /// Close at once with a reset (`SO_LINGER` 0): queued bytes are dropped and the peer
@@ -376,8 +409,12 @@ impl Reactor {
     /// End a connection: exactly once, with exactly one `Disconnected` event. Only the
     /// lifecycle's `End` step leads here.
     fn end(&mut self, id: ConnId, cause: Cause) {
-        let Some(Entry::Conn(c)) = self.table.remove(id) else {
+        let Some(Entry::Conn(mut c)) = self.table.remove(id) else {
             return;
+        };
+        let cause = match (cause, c.close_reason.take()) {
+            (Cause::Closed, Some(reason)) => Cause::Protocol(reason),
+            (cause, _) => cause,
         };
         self.stats.bytes_queued -= c.out.queued() as u64;
         self.stats.open_connections -= 1;
