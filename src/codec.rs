@@ -204,6 +204,7 @@ impl Decoder for LineDecoder {
 /// The kind byte of a length-delimited frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Kind {
     /// Application data: delivered as [`Event::Data`](crate::Event::Data).
     Data = 0,
@@ -249,6 +250,7 @@ pub fn encode(kind: Kind, payload: &[u8]) -> Bytes {
 
 /// What [`decode`] found at the front of the buffer.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decoded {
     /// A whole frame, removed from the buffer.
     Frame(Kind, Bytes),

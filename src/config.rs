@@ -17,6 +17,7 @@ use crate::outbound::{OutboundConfig, OverflowPolicy};
 /// from our side; use `TCP_USER_TIMEOUT` ([`ConnConfig::user_timeout`]) for data in flight,
 /// and heartbeats for a verdict the application controls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Keepalive {
     /// Idle time before the first probe.
     pub idle: Duration,
@@ -24,6 +25,18 @@ pub struct Keepalive {
     pub interval: Duration,
     /// Unanswered probes before the kernel gives up.
     pub count: u32,
+}
+
+impl Keepalive {
+    /// Probe after `idle` without traffic, then every `interval`; give up after `count`
+    /// unanswered probes.
+    pub const fn new(idle: Duration, interval: Duration, count: u32) -> Keepalive {
+        Keepalive {
+            idle,
+            interval,
+            count,
+        }
+    }
 }
 
 /// Settings of one connection (given to [`listen`](crate::Reactor::listen) for every

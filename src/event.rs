@@ -119,6 +119,7 @@ pub struct SourceId {
 
 /// Readiness of a user source, as reported by the OS.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
 pub struct Readiness {
     /// Readable (or read-closed).
     pub readable: bool,

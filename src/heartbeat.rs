@@ -50,6 +50,7 @@ use crate::clock::later;
 /// receiving, at most once per interval); declare the peer lost after `timeout`
 /// without receiving. `timeout` should be a few intervals (3× is usual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Heartbeat {
     /// Send a ping when nothing was sent, or nothing received, for this long.
     pub interval: Duration,

@@ -46,13 +46,13 @@
 //! writes return `WouldBlock`, and then the kernel says nothing more. heartloop turns this
 //! into one loop:
 //!
-//! * one mio `Poll` drives all sockets and timers (a hierarchical [timer wheel](wheel));
+//! * one mio `Poll` drives all sockets and timers (a hierarchical timer wheel);
 //! * EOF, reset, HUP and error readiness become [`Event::Disconnected`] with a [`Cause`]
 //!   a person understands; every connection ends exactly once;
-//! * [`heartbeat`] deadlines live in a min-heap; a silent peer is declared lost
+//! * [`Heartbeat`] deadlines live in a min-heap; a silent peer is declared lost
 //!   ([`Cause::HeartbeatTimeout`]) after its timeout, and never falsely: I/O is handled
 //!   before deadlines, and a last non-blocking read precedes every verdict;
-//! * write-side backpressure is explicit ([outbound]): watermarks
+//! * write-side backpressure is explicit ([`OutboundConfig`]): watermarks
 //!   ([`Event::WriteBlocked`], [`Event::Writable`]), a hard limit with a policy, a stall
 //!   timeout ([`Cause::SlowPeer`]), and read-side flow control
 //!   ([`Reactor::pause_reading`]).
@@ -116,11 +116,72 @@
 //! [`Reactor`] makes every syscall. Whether and why a connection ends is decided by one
 //! sans-IO state machine per connection (the lifecycle: facts in, steps out), so every end
 //! is reported exactly once, after the bytes that preceded it. The policy modules
-//! [`wheel`], [`heartbeat`], [`outbound`] and [`codec`] are sans-IO too: they take
+//! (the timer wheel, heartbeat stamps and deadline heap, the outbound queue) and the
+//! [`codec`] are sans-IO too: they take
 //! `now: Instant` and bytes as arguments, never read a clock, and are tested with made-up
 //! instants. The reactor reads time only from its [`Clock`]; with [`Clock::manual`] a test
 //! steps time over real sockets instead of sleeping. The repository's `ARCHITECTURE.md`
 //! has the states, the turn, and where each invariant is enforced and tested.
+//!
+//! ## Stability
+//!
+//! The enums and settings that will grow are `#[non_exhaustive]`: match them with a
+//! wildcard arm and build settings with their constructors and setters. So adding a cause,
+//! an event, a framing or a setting is not a breaking change. These do not compile:
+//!
+//! ```compile_fail,E0639
+//! // Settings are built with constructors, not literals.
+//! let hb = heartloop::Heartbeat { interval: std::time::Duration::from_secs(1),
+//!                                 timeout: std::time::Duration::from_secs(3) };
+//! ```
+//! ```compile_fail,E0639
+//! let k = heartloop::Keepalive { idle: std::time::Duration::from_secs(1),
+//!     interval: std::time::Duration::from_secs(1), count: 3 };
+//! ```
+//! ```compile_fail,E0004
+//! fn f(c: heartloop::Cause) -> u8 {
+//!     match c { // causes will grow: a wildcard arm is required
+//!         heartloop::Cause::PeerClosed => 0, heartloop::Cause::Reset => 1,
+//!         heartloop::Cause::HeartbeatTimeout { .. } => 2, heartloop::Cause::TimedOut => 3,
+//!         heartloop::Cause::SlowPeer { .. } => 4, heartloop::Cause::ConnectRefused => 5,
+//!         heartloop::Cause::ConnectTimeout => 6, heartloop::Cause::Protocol(_) => 7,
+//!         heartloop::Cause::Io { .. } => 8, heartloop::Cause::Closed => 9,
+//!     }
+//! }
+//! ```
+//! ```compile_fail,E0004
+//! fn f(p: heartloop::OverflowPolicy) -> u8 {
+//!     match p { heartloop::OverflowPolicy::Reject => 0, heartloop::OverflowPolicy::Disconnect => 1 }
+//! }
+//! ```
+//! ```compile_fail,E0004
+//! fn f(x: heartloop::Framing) -> u8 {
+//!     match x {
+//!         heartloop::Framing::Raw => 0, heartloop::Framing::LengthDelimited { .. } => 1,
+//!         heartloop::Framing::Lines { .. } => 2, heartloop::Framing::Custom(_) => 3,
+//!     }
+//! }
+//! ```
+//! ```compile_fail,E0004
+//! fn f(k: heartloop::codec::Kind) -> u8 {
+//!     match k { heartloop::codec::Kind::Data => 0, heartloop::codec::Kind::Ping => 1,
+//!               heartloop::codec::Kind::Pong => 2 }
+//! }
+//! ```
+//! ```compile_fail,E0639
+//! let r = heartloop::Readiness { readable: true, writable: false, error: false,
+//!                                read_closed: false };
+//! ```
+//! The same code with a wildcard arm, or with the constructors, compiles:
+//! ```
+//! use std::time::Duration;
+//! let _ = heartloop::Heartbeat::new(Duration::from_secs(1), Duration::from_secs(3));
+//! let _ = heartloop::Keepalive::new(Duration::from_secs(60), Duration::from_secs(10), 3);
+//! fn f(c: heartloop::Cause) -> bool {
+//!     match c { heartloop::Cause::PeerClosed | heartloop::Cause::Reset => true, _ => false }
+//! }
+//! # let _ = f;
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
@@ -132,12 +193,27 @@ mod config;
 mod conn;
 mod event;
 mod handle;
+// The sans-IO building blocks are internal: their shapes may change in any release.
+// The `unstable-internals` feature exposes them (for the crate's own benches), with no
+// stability promise.
+#[cfg(feature = "unstable-internals")]
 pub mod heartbeat;
+#[cfg(not(feature = "unstable-internals"))]
+#[allow(dead_code)] // parts only the benches use, through the feature
+mod heartbeat;
 mod lifecycle;
+#[cfg(feature = "unstable-internals")]
 pub mod outbound;
+#[cfg(not(feature = "unstable-internals"))]
+#[allow(dead_code)] // parts only the benches use, through the feature
+mod outbound;
 mod reactor;
 mod stats;
+#[cfg(feature = "unstable-internals")]
 pub mod wheel;
+#[cfg(not(feature = "unstable-internals"))]
+#[allow(dead_code)] // parts only the benches use, through the feature
+mod wheel;
 
 pub use cause::{Cause, ProtocolError};
 pub use clock::Clock;

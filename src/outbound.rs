@@ -37,8 +37,9 @@ use bytes::{Buf, Bytes};
 
 /// What to do when a send would take the queue past its hard limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OverflowPolicy {
-    /// `send` fails with [`PushError::Full`]; nothing is queued.
+    /// `send` fails with [`SendError::Full`](crate::SendError::Full); nothing is queued.
     Reject,
     /// The connection is ended as a slow peer.
     Disconnect,
@@ -51,12 +52,13 @@ pub enum OverflowPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboundConfig {
-    /// Level at or below which [`Watermark::Low`] is reported after a
-    /// [`Watermark::High`].
+    /// Level at or below which [`Event::Writable`](crate::Event::Writable) is reported
+    /// after an [`Event::WriteBlocked`](crate::Event::WriteBlocked).
     pub low_watermark: usize,
-    /// Level at or above which [`Watermark::High`] is reported.
+    /// Level at or above which [`Event::WriteBlocked`](crate::Event::WriteBlocked) is
+    /// reported.
     pub high_watermark: usize,
-    /// Maximum number of queued bytes a [`OutboundQueue::push`] may reach.
+    /// Most bytes the queue may hold; a send past it gets the `policy`.
     pub hard_limit: usize,
     /// What the caller does when a push exceeds `hard_limit`.
     pub policy: OverflowPolicy,

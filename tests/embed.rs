@@ -133,7 +133,7 @@ fn scenario(d: &mut dyn Driver) -> (Vec<String>, Duration, Duration) {
                         break;
                     }
                     codec::Decoded::Frame(_, _) => continue,
-                    codec::Decoded::Incomplete { .. } => {
+                    _ => {
                         let mut chunk = [0u8; 512];
                         let n = s.read(&mut chunk).unwrap();
                         assert!(n > 0, "reactor closed early");

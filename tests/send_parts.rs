@@ -43,7 +43,7 @@ fn length_delimited_parts_make_one_frame() {
         match codec::decode(&mut buf, 1024).unwrap() {
             Decoded::Frame(Kind::Data, p) => frames.push(p),
             Decoded::Frame(..) => {}
-            Decoded::Incomplete { .. } => {
+            _ => {
                 let mut chunk = [0u8; 256];
                 let n = s.read(&mut chunk).unwrap();
                 assert!(n > 0);
