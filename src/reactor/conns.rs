@@ -26,6 +26,30 @@ impl Reactor {
     /// [`Event::Disconnected`] with `ConnectRefused`, `ConnectTimeout` or another cause.
     /// Errors the OS reports at once (bad address, no route, fd exhaustion) are returned.
     /// Sends made before the connection completes are queued and flushed once it does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use heartloop::{ConnConfig, Event, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let addr = server.local_addr()?;
+    /// let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// let cfg = ConnConfig::default().connect_timeout(Some(Duration::from_secs(2)));
+    /// let conn = reactor.connect(addr, cfg)?;
+    /// reactor.send(conn, Bytes::from_static(b"hello")).unwrap(); // sent once connected
+    /// let mut events = Vec::new();
+    /// loop {
+    ///     reactor.poll(&mut events, None)?;
+    ///     match events.pop() {
+    ///         Some(Event::Connected { .. }) => break,
+    ///         Some(Event::Disconnected { cause, .. }) => panic!("{cause}"), // refused, timed out
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect(&mut self, addr: SocketAddr, cfg: ConnConfig) -> io::Result<ConnId> {
         self.refuse_if_shutting_down()?;
         let sock = Stream::Tcp(TcpStream::connect(addr)?);
@@ -170,6 +194,21 @@ impl Reactor {
     /// EOF, or when linger runs out with everything handed to the kernel; `SlowPeer` if
     /// linger ran out with bytes still queued. With nothing queued it ends at once.
     /// Returns `false` for a stale id.
+    ///
+    /// ```no_run
+    /// # use bytes::Bytes;
+    /// # use heartloop::{Event, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// # let mut events = Vec::new();
+    /// # reactor.poll(&mut events, None)?;
+    /// # let Some(Event::Data { conn, .. }) = events.pop() else { return Ok(()) };
+    /// // Answer, then hang up: the answer is delivered before the FIN.
+    /// let _ = reactor.send(conn, Bytes::from_static(b"bye\n"));
+    /// reactor.close(conn);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn close(&mut self, id: ConnId) -> bool {
         let Some(c) = self.table.conn_mut(id) else {
             return false;
@@ -236,6 +275,28 @@ impl Reactor {
     /// the kernel and TCP pushes back on the peer. While paused, a reset or error still
     /// ends the connection at once, and so does the peer's FIN unless the connection is in
     /// half-close mode (then the FIN is reported in order, after the data, once resumed).
+    ///
+    /// The usual pairing: stop reading from a peer whose answers you cannot deliver.
+    ///
+    /// ```no_run
+    /// # use heartloop::{Event, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// # let mut events = Vec::new();
+    /// reactor.poll(&mut events, None)?;
+    /// for ev in events.drain(..) {
+    ///     match ev {
+    ///         // Echo: what we read goes back; a client that does not read its echo
+    ///         // stops being read from, so it cannot grow our memory.
+    ///         Event::Data { conn, bytes } => { let _ = reactor.send(conn, bytes); }
+    ///         Event::WriteBlocked { conn, .. } => { reactor.pause_reading(conn); }
+    ///         Event::Writable { conn } => { reactor.resume_reading(conn); }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pause_reading(&mut self, id: ConnId) -> bool {
         let Some(c) = self.table.conn_mut(id) else {
             return false;

@@ -82,6 +82,27 @@ impl Reactor {
     /// Queue `bytes` for the peer (framed as the connection's framing says); written before
     /// the loop next sleeps. No copy: fan-out of one `Bytes` to many connections costs one
     /// reference count each. Sending never postpones the peer's heartbeat deadline.
+    ///
+    /// Fan-out: one payload, many peers, no copies; a peer over its limit is refused (or
+    /// cut, with the `Disconnect` policy) without affecting the others.
+    ///
+    /// ```no_run
+    /// # use bytes::Bytes;
+    /// # use heartloop::{ConnId, Reactor, ReactorConfig, SendError};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// # let subscribers: Vec<ConnId> = Vec::new();
+    /// let news = Bytes::from_static(b"price 101.5\n");
+    /// for &conn in &subscribers {
+    ///     match reactor.send(conn, news.clone()) {
+    ///         Ok(()) => {}
+    ///         Err(SendError::Full { .. }) => { /* a slow subscriber: its policy applied */ }
+    ///         Err(_) => { /* ended or closing: its Disconnected comes as an event */ }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send(&mut self, id: ConnId, bytes: Bytes) -> Result<(), SendError> {
         self.send_parts(id, Bytes::new(), bytes)
     }
@@ -92,6 +113,21 @@ impl Reactor {
     /// subscribers: `body` is never copied. With `Raw` framing `head` is not copied either;
     /// with `LengthDelimited` the two make one frame and `head` is copied next to the
     /// frame header (keep it small).
+    ///
+    /// ```no_run
+    /// # use bytes::Bytes;
+    /// # use heartloop::{ConnId, Reactor, ReactorConfig};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut reactor = Reactor::new(ReactorConfig::default())?;
+    /// # let subs: Vec<(ConnId, u32)> = Vec::new();
+    /// let payload = Bytes::from(vec![0u8; 64 * 1024]); // shared by every subscriber
+    /// for &(conn, sid) in &subs {
+    ///     let head = Bytes::from(format!("MSG news {sid} {}\r\n", payload.len()));
+    ///     let _ = reactor.send_parts(conn, head, payload.clone());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send_parts(&mut self, id: ConnId, head: Bytes, body: Bytes) -> Result<(), SendError> {
         let total_cap = self.cfg.total_queued_limit;
         let total_policy = self.cfg.total_queued_policy;
