@@ -1,6 +1,7 @@
 //! The broker example (`examples/broker/`): a real NATS client library against it, the
-//! protocol's error answers over raw sockets, liveness (stale connections), slow
-//! consumers, and a fuzz of its parser.
+//! protocol over raw sockets (compared by hand with nats-server 2.9.10), liveness (stale
+//! connections), slow consumers, memory within `max_pending` and fan-in that does not cut
+//! a subscriber that keeps up, queue groups at scale, and a fuzz of its parser.
 //!
 //! The broker runs as a child process (`--addr 127.0.0.1:0`; the port is read from its
 //! startup line). Its parser and subject index are compiled in here too (`#[path]`), so
@@ -30,8 +31,14 @@ use util::{Proc, example_bin};
 const SLOW: Duration = Duration::from_secs(20);
 
 struct Broker {
-    _proc: Proc,
+    proc: Proc,
     addr: SocketAddr,
+}
+
+impl Broker {
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
 }
 
 fn broker(args: &[&str]) -> Broker {
@@ -44,7 +51,7 @@ fn broker(args: &[&str]) -> Broker {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in startup line {rest:?}"));
-    Broker { _proc: proc, addr }
+    Broker { proc, addr }
 }
 
 // ------------------------------------------------------------------ a raw client
@@ -171,10 +178,10 @@ fn raw_protocol_ops_are_case_insensitive_and_verbose_acks_each() {
 fn raw_headers_are_stripped_for_a_subscriber_without_headers_and_echo_off_is_honoured() {
     let b = broker(&[]);
     let mut plain = Raw::connect(b.addr);
-    plain.send(b"CONNECT {}\r\nSUB h 7\r\n");
+    plain.send(b"CONNECT {\"verbose\":false}\r\nSUB h 7\r\n");
     plain.sync();
     let mut pubr = Raw::connect(b.addr);
-    pubr.send(b"CONNECT {\"headers\":true,\"echo\":false}\r\nSUB h 1\r\n");
+    pubr.send(b"CONNECT {\"verbose\":false,\"headers\":true,\"echo\":false}\r\nSUB h 1\r\n");
     pubr.send(b"HPUB h 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
     // The publisher's own subscription gets nothing (echo off).
     assert_eq!(pubr.sync(), Vec::<String>::new());
@@ -187,7 +194,7 @@ fn raw_headers_are_stripped_for_a_subscriber_without_headers_and_echo_off_is_hon
 fn raw_unsub_with_max_delivers_exactly_max() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
-    c.send(b"CONNECT {}\r\nSUB foo 1\r\nUNSUB 1 2\r\n");
+    c.send(b"CONNECT {\"verbose\":false}\r\nSUB foo 1\r\nUNSUB 1 2\r\n");
     for i in 0..5 {
         c.send(format!("PUB foo 1\r\n{i}\r\n").as_bytes());
     }
@@ -227,7 +234,7 @@ fn raw_unknown_operation_gets_err_and_close() {
 fn raw_payload_over_max_payload_gets_err_and_close() {
     let b = broker(&["--max-payload", "1024"]);
     let mut c = Raw::connect(b.addr);
-    c.send(b"CONNECT {}\r\nSUB big 1\r\n");
+    c.send(b"CONNECT {\"verbose\":false}\r\nSUB big 1\r\n");
     let body = vec![b'z'; 1024];
     c.send(b"PUB big 1024\r\n");
     c.send(&body);
@@ -253,7 +260,7 @@ fn raw_control_line_over_4096_gets_err_and_close() {
 fn raw_invalid_subject_gets_err_and_stays_open() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
-    c.send(b"CONNECT {}\r\n");
+    c.send(b"CONNECT {\"verbose\":false}\r\n");
     for bad in ["foo..bar", "foo.>.bar", ".foo", "foo."] {
         c.send(format!("SUB {bad} 1\r\n").as_bytes());
         c.expect("-ERR 'Invalid Subject'");
@@ -272,7 +279,7 @@ fn raw_malformed_arguments_get_parser_error_and_close() {
         b"PUB foo bar baz 3\r\n",
         b"PUB foo x\r\n",
         b"SUB foo\r\n",
-        b"UNSUB 1 x\r\n",
+        b"UNSUB 1 2 3\r\n",
         b"CONNECT {not json\r\n",
     ] {
         let mut c = Raw::connect(b.addr);
@@ -315,6 +322,176 @@ fn raw_byte_at_a_time_and_garbage() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
+#[test]
+fn raw_subjects_with_empty_tokens_are_delivered_to_nobody() {
+    // nats-server matches no subscription for a subject with an empty token (wildcards
+    // included); only pedantic clients are told (`-ERR 'Invalid Publish Subject'`).
+    let empty = ["foo..bar", "foo.", ".foo", ".", "..", "foo.bar."];
+    let b = broker(&[]);
+    let mut sub = Raw::connect(b.addr);
+    sub.send(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n\
+          SUB > 1\r\nSUB *.* 2\r\nSUB foo.*.bar 3\r\nSUB * 4\r\nSUB foo.> 5\r\nSUB *.foo 6\r\n",
+    );
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    let mut p = Raw::connect(b.addr);
+    p.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+    for s in empty {
+        p.send(format!("PUB {s} 1\r\nx\r\n").as_bytes());
+    }
+    assert_eq!(p.sync(), Vec::<String>::new(), "not pedantic: no error");
+    // A valid subject after them: the first thing the subscriber sees.
+    p.send(b"PUB foo.x.bar 2\r\nok\r\n");
+    p.sync();
+    let mut got: Vec<String> = (0..3).map(|_| sub.msg().0).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "MSG foo.x.bar 1 2",
+            "MSG foo.x.bar 3 2",
+            "MSG foo.x.bar 5 2"
+        ]
+    );
+    assert_eq!(sub.sync(), Vec::<String>::new());
+
+    // Pedantic: each is reported, and still delivered to nobody.
+    let mut ped = Raw::connect(b.addr);
+    ped.send(b"CONNECT {\"verbose\":false,\"pedantic\":true}\r\n");
+    for s in empty {
+        ped.send(format!("PUB {s} 1\r\nx\r\n").as_bytes());
+    }
+    assert_eq!(
+        ped.sync(),
+        vec!["-ERR 'Invalid Publish Subject'".to_string(); empty.len()]
+    );
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    // And a subscription with an empty token is refused, the connection kept.
+    for s in [".", "a..b", "a.", ".a"] {
+        sub.send(format!("SUB {s} 9\r\n").as_bytes());
+        sub.expect("-ERR 'Invalid Subject'");
+    }
+    assert_eq!(sub.sync(), Vec::<String>::new());
+}
+
+#[test]
+fn raw_no_responders_status_goes_to_the_requester_alone() {
+    let b = broker(&[]);
+    // A bystander subscribed to the requester's reply subject, three ways.
+    let mut bystander = Raw::connect(b.addr);
+    bystander.send(
+        b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+          SUB rep.1 1\r\nSUB rep.* 2\r\nSUB rep.> 3\r\n",
+    );
+    assert_eq!(bystander.sync(), Vec::<String>::new());
+    let mut req = Raw::connect(b.addr);
+    req.send(
+        b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+          SUB rep.* 7\r\nSUB rep.1 8\r\nPUB nobody.home rep.1 1\r\nx\r\n",
+    );
+    // One status message, on one of the requester's own subscriptions (nats-server picks
+    // the first match, here the literal one).
+    let (line, payload) = req.msg();
+    assert!(
+        line == "HMSG rep.1 8 16 16" || line == "HMSG rep.1 7 16 16",
+        "{line:?}"
+    );
+    assert_eq!(payload, b"NATS/1.0 503\r\n\r\n");
+    assert_eq!(req.sync(), Vec::<String>::new(), "exactly one");
+    assert_eq!(
+        bystander.sync(),
+        Vec::<String>::new(),
+        "the bystander gets nothing"
+    );
+    // A requester without a subscription for its reply subject gets nothing, and neither
+    // does the bystander subscribed to it (`rep.>`).
+    req.send(b"PUB nobody.home rep.x.y 1\r\nx\r\n");
+    assert_eq!(req.sync(), Vec::<String>::new());
+    assert_eq!(bystander.sync(), Vec::<String>::new());
+}
+
+#[test]
+fn raw_no_responders_without_headers_is_refused() {
+    let b = broker(&[]);
+    let mut c = Raw::connect(b.addr);
+    c.send(b"CONNECT {\"verbose\":false,\"no_responders\":true}\r\n");
+    c.expect("-ERR 'no responders requires headers support'");
+    c.expect_closed();
+}
+
+#[test]
+fn raw_hpub_with_an_empty_header_block_is_delivered_as_msg() {
+    let b = broker(&[]);
+    let mut c = Raw::connect(b.addr);
+    c.send(
+        b"CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB foo 1\r\n\
+          HPUB foo 0 2\r\nhi\r\nHPUB foo 0 0\r\n\r\n",
+    );
+    let (line, payload) = c.msg();
+    assert_eq!(line, "MSG foo 1 2");
+    assert_eq!(payload, b"hi");
+    let (line, payload) = c.msg();
+    assert_eq!(line, "MSG foo 1 0");
+    assert_eq!(payload, b"");
+    assert_eq!(c.sync(), Vec::<String>::new());
+}
+
+#[test]
+fn raw_verbose_and_pedantic_default_to_true_as_in_nats_server() {
+    let b = broker(&[]);
+    let mut c = Raw::connect(b.addr);
+    // Before any CONNECT.
+    c.send(b"SUB foo 1\r\nPUB foo 2\r\nhi\r\n");
+    c.expect("+OK");
+    c.expect("+OK");
+    assert_eq!(c.msg(), ("MSG foo 1 2".to_string(), b"hi".to_vec()));
+    // A CONNECT without the fields.
+    c.send(b"CONNECT {}\r\n");
+    c.expect("+OK");
+    c.send(b"PUB foo..bar 1\r\nx\r\n");
+    c.expect("-ERR 'Invalid Publish Subject'");
+    c.expect("+OK");
+    // Turned off explicitly.
+    c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB foo..bar 1\r\nx\r\n");
+    assert_eq!(c.sync(), Vec::<String>::new());
+}
+
+#[test]
+fn raw_hpub_from_a_client_without_headers_ends_the_connection() {
+    // nats-server 2.9 closes it as a protocol violation, without an -ERR.
+    let b = broker(&[]);
+    for connect in [
+        &b"CONNECT {\"verbose\":false}\r\n"[..],
+        b"CONNECT {\"verbose\":false,\"headers\":false}\r\n",
+    ] {
+        let mut c = Raw::connect(b.addr);
+        c.send(connect);
+        c.send(b"SUB foo 1\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+        c.expect_closed();
+    }
+    // Before CONNECT headers are off too.
+    let mut c = Raw::connect(b.addr);
+    c.send(b"SUB foo 1\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+    c.expect("+OK");
+    c.expect_closed();
+}
+
+#[test]
+fn raw_unsub_with_a_bad_max_unsubscribes_at_once_and_keeps_the_connection() {
+    // nats-server reads a max that is not 1 to 9 digits as -1: unsubscribe now.
+    let b = broker(&[]);
+    let mut c = Raw::connect(b.addr);
+    c.send(
+        b"CONNECT {\"verbose\":false}\r\nSUB foo 1\r\nSUB foo 2\r\nSUB foo 3\r\nSUB foo 4\r\n\
+          UNSUB 1 -1\r\nUNSUB 2 x\r\nUNSUB 3 0\r\nUNSUB 4 1234567890\r\nPUB foo 2\r\nhi\r\n",
+    );
+    assert_eq!(
+        c.sync(),
+        Vec::<String>::new(),
+        "open, and nothing delivered"
+    );
+}
+
 // ------------------------------------------------------------------ liveness
 
 #[test]
@@ -326,7 +503,7 @@ fn silent_client_gets_stale_connection_while_a_responsive_one_stays() {
     let addr = b.addr;
     let responsive = std::thread::spawn(move || {
         let mut c = Raw::connect(addr);
-        c.send(b"CONNECT {}\r\nPING\r\n");
+        c.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
         c.expect("PONG");
         let until = Instant::now() + interval * 12;
         let mut pings = 0;
@@ -355,7 +532,7 @@ fn silent_client_gets_stale_connection_while_a_responsive_one_stays() {
 
     let mut silent = Raw::connect(b.addr);
     let t0 = Instant::now();
-    silent.send(b"CONNECT {}\r\nPING\r\n");
+    silent.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
     silent.expect("PONG");
     silent.expect("PING");
     silent.expect("PING");
@@ -378,12 +555,12 @@ fn busy_subscriber_is_pinged_too_and_judged_by_its_answers() {
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut mute = Raw::connect(b.addr);
-    mute.send(b"CONNECT {}\r\nSUB tick 1\r\n");
+    mute.send(b"CONNECT {\"verbose\":false}\r\nSUB tick 1\r\n");
     mute.sync();
 
     // The one that answers PINGs, in a thread, until told to stop.
     let mut answers = Raw::connect(b.addr);
-    answers.send(b"CONNECT {}\r\nSUB tick 1\r\n");
+    answers.send(b"CONNECT {\"verbose\":false}\r\nSUB tick 1\r\n");
     answers.sync();
     let stop_a = Arc::clone(&stop);
     let answerer = std::thread::spawn(move || {
@@ -408,7 +585,7 @@ fn busy_subscriber_is_pinged_too_and_judged_by_its_answers() {
     let stop_p = Arc::clone(&stop);
     let publisher = std::thread::spawn(move || {
         let mut p = Raw::connect(addr);
-        p.send(b"CONNECT {}\r\n");
+        p.send(b"CONNECT {\"verbose\":false}\r\n");
         while !stop_p.load(Ordering::Relaxed) {
             p.send(b"PUB tick 1\r\nt\r\n");
             std::thread::sleep(interval / 10);
@@ -453,33 +630,75 @@ fn busy_subscriber_is_pinged_too_and_judged_by_its_answers() {
 
 // ------------------------------------------------------------------ slow consumers
 
+/// A subscriber that stops reading: a small receive buffer; `setup` (CONNECT, SUB...) is
+/// sent with a PING, the answer is read up to the PONG (so the SUB is in place), and then
+/// the socket is never read again.
+fn stopped_subscriber(addr: SocketAddr, setup: &[u8]) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(SLOW)).unwrap();
+    s.write_all(setup).unwrap();
+    s.write_all(b"PING\r\n").unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"PONG\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "stopped subscriber closed early"
+        );
+        seen.push(byte[0]);
+    }
+    s
+}
+
+/// The broker cuts `s`: its socket reports the broker's FIN (or a reset) within `SLOW`
+/// while we still do not read it (reading would make progress and could save it); then
+/// draining it ends in EOF or a reset. Returns the bytes drained.
+#[track_caller]
+fn assert_cut(s: TcpStream, what: &str) -> usize {
+    let mut pfd = [rustix::event::PollFd::new(
+        &s,
+        rustix::event::PollFlags::RDHUP,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: SLOW.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut pfd, Some(&timeout)).expect("poll");
+    let flags = pfd[0].revents();
+    assert!(
+        flags.intersects(
+            rustix::event::PollFlags::RDHUP
+                | rustix::event::PollFlags::HUP
+                | rustix::event::PollFlags::ERR
+        ),
+        "{what} was not cut within {SLOW:?} (revents {flags:?})"
+    );
+    let mut s = s;
+    s.set_read_timeout(Some(SLOW)).unwrap();
+    let mut buf = vec![0; 1 << 16];
+    let mut got = 0usize;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what} was not cut ({got} bytes read): {e}"),
+        }
+    }
+    got
+}
+
 /// One publisher, one healthy subscriber that reads everything, one that never reads.
 /// Returns how long after the start the stopped one was cut.
 fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
     let t0 = Instant::now();
-    // The stopped subscriber: small receive buffer, never reads.
-    let slow = {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_recv_buffer_size(4096).unwrap();
-        s.connect(&b.addr.into()).unwrap();
-        let mut s: TcpStream = s.into();
-        s.set_read_timeout(Some(SLOW)).unwrap();
-        s.write_all(b"CONNECT {}\r\nSUB sc 9\r\nPING\r\n").unwrap();
-        // Read up to the PONG (the SUB is in place), then never again.
-        let mut seen = Vec::new();
-        while !seen.ends_with(b"PONG\r\n") {
-            let mut byte = [0u8; 1];
-            assert_eq!(
-                s.read(&mut byte).unwrap(),
-                1,
-                "slow subscriber closed early"
-            );
-            seen.push(byte[0]);
-        }
-        s
-    };
+    let slow = stopped_subscriber(b.addr, b"CONNECT {\"verbose\":false}\r\nSUB sc 9\r\n");
     let mut healthy = Raw::connect(b.addr);
-    healthy.send(b"CONNECT {}\r\nSUB sc 1\r\n");
+    healthy.send(b"CONNECT {\"verbose\":false}\r\nSUB sc 1\r\n");
     healthy.sync();
     let received = Arc::new(AtomicU64::new(0));
     let rx = Arc::clone(&received);
@@ -501,7 +720,7 @@ fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
     });
 
     let mut p = Raw::connect(b.addr);
-    p.send(b"CONNECT {}\r\n");
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
     p.sync();
     let mut batch = Vec::new();
     let window = 256; // messages in flight beyond what the healthy one has read
@@ -526,40 +745,9 @@ fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
         .join()
         .expect("healthy subscriber got every message in order");
 
-    // The stopped one is cut: its socket reports the broker's FIN (or a reset) while we
-    // still do not read it (reading would make progress and could save it).
-    let mut pfd = [rustix::event::PollFd::new(
-        &slow,
-        rustix::event::PollFlags::RDHUP,
-    )];
-    let timeout = rustix::event::Timespec {
-        tv_sec: SLOW.as_secs() as i64,
-        tv_nsec: 0,
-    };
-    rustix::event::poll(&mut pfd, Some(&timeout)).expect("poll");
-    let flags = pfd[0].revents();
-    assert!(
-        flags.intersects(
-            rustix::event::PollFlags::RDHUP
-                | rustix::event::PollFlags::HUP
-                | rustix::event::PollFlags::ERR
-        ),
-        "the stopped subscriber was not cut within {SLOW:?} (revents {flags:?})"
-    );
+    // The stopped one is cut.
+    let got = assert_cut(slow, "the stopped subscriber");
     let cut_after = t0.elapsed();
-    // Draining it ends in EOF or a reset.
-    let mut slow = slow;
-    slow.set_read_timeout(Some(SLOW)).unwrap();
-    let mut buf = vec![0; 1 << 16];
-    let mut got = 0usize;
-    loop {
-        match slow.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the stopped subscriber was not cut ({got} bytes read): {e}"),
-        }
-    }
     assert!(
         got < total * size,
         "the stopped subscriber cannot have got everything"
@@ -596,6 +784,288 @@ fn stopped_subscriber_is_cut_with_shared_payloads_too() {
     slow_consumer_run(&b, 40_000, 512);
 }
 
+// ------------------------------------------------------------------ max_pending at every append
+
+/// Peak resident set (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn hostile_subscribers_cannot_grow_the_broker_past_max_pending() {
+    // Each subscriber has a 4,000-byte sid, so every 11-byte `PUB x 0` from the publisher
+    // becomes a 4 KB MSG for it, and it never reads. The limit must hold at every append:
+    // checked only when a turn's batch was handed over, one 256 KiB read of such PUBs made
+    // ~95 MB per subscriber first.
+    const SUBS: u64 = 4;
+    const MAX_PENDING: u64 = 1 << 20;
+    /// Allowance beyond max_pending per subscriber: read buffers, parser, allocator slack.
+    const SLACK: u64 = 32 << 20;
+    let b = broker(&["--max-pending", "1MB", "--write-deadline", "600s"]);
+    let setup = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB x {}\r\n",
+        "s".repeat(4000)
+    );
+    let stopped: Vec<TcpStream> = (0..SUBS)
+        .map(|_| stopped_subscriber(b.addr, setup.as_bytes()))
+        .collect();
+    let before = util::rss_kib_of(&b.pid().to_string()) * 1024;
+    let mut p = Raw::connect(b.addr);
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
+    p.send(&b"PUB x 0\r\n\r\n".repeat(256 * 1024 / 11));
+    assert_eq!(
+        p.sync(),
+        Vec::<String>::new(),
+        "the publisher is not told off"
+    );
+    let growth = (peak_rss_kib(b.pid()) * 1024).saturating_sub(before);
+    eprintln!(
+        "broker memory grew {:.1} MiB for {SUBS} hostile subscribers (max_pending 1 MiB)",
+        growth as f64 / (1 << 20) as f64
+    );
+    assert!(
+        growth <= SUBS * MAX_PENDING + SLACK,
+        "the broker grew {growth} bytes, over {SUBS} x max_pending + {SLACK}"
+    );
+    for s in stopped {
+        assert_cut(s, "a hostile subscriber");
+    }
+    // The broker still serves the publisher.
+    p.send(b"SUB y 1\r\nPUB y 2\r\nok\r\n");
+    assert_eq!(p.msg().1, b"ok");
+}
+
+#[test]
+fn subscriber_that_keeps_up_with_four_publishers_is_not_cut() {
+    // One turn reads up to 256 KiB from each publisher: 1 MB of MSGs for the subscriber
+    // at once, though it reads as fast as it can. As nats-server does, the broker holds
+    // back the publishers while the subscriber is over half its max_pending.
+    const PUBS: usize = 4;
+    const PER: usize = 20_000;
+    const SIZE: usize = 100;
+    let b = broker(&["--max-pending", "1MB"]);
+    let mut sub = Raw::connect(b.addr);
+    sub.send(b"CONNECT {\"verbose\":false}\r\nSUB fan 1\r\n");
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    let reader = std::thread::spawn(move || {
+        let head = format!("MSG fan 1 {SIZE}\r\n");
+        let frame = head.len() + SIZE + 2;
+        let mut next = [0usize; PUBS];
+        let mut buf = vec![0u8; 1 << 18];
+        let (mut have, mut count) = (0, 0);
+        while count < PUBS * PER {
+            let n = match sub.r.read(&mut buf[have..]) {
+                Ok(0) => return (count, "EOF".to_string()),
+                Ok(n) => n,
+                Err(e) => return (count, e.to_string()),
+            };
+            have += n;
+            let mut at = 0;
+            while have - at >= frame {
+                let m = &buf[at..at + frame];
+                assert!(
+                    m.starts_with(head.as_bytes()) && m.ends_with(b"\r\n"),
+                    "not a message after {count}: {:?}",
+                    String::from_utf8_lossy(&m[..40])
+                );
+                let body = &m[head.len()..];
+                let p = (body[0] - b'0') as usize;
+                let seq: usize = std::str::from_utf8(&body[2..12]).unwrap().parse().unwrap();
+                assert_eq!(seq, next[p], "publisher {p}'s messages in order");
+                next[p] += 1;
+                count += 1;
+                at += frame;
+            }
+            buf.copy_within(at..have, 0);
+            have -= at;
+        }
+        (count, String::new())
+    });
+    let publishers: Vec<_> = (0..PUBS)
+        .map(|p| {
+            let addr = b.addr;
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(addr);
+                c.send(b"CONNECT {\"verbose\":false}\r\n");
+                let mut wire = Vec::with_capacity(PER * (SIZE + 20));
+                for seq in 0..PER {
+                    wire.extend_from_slice(format!("PUB fan {SIZE}\r\n{p}:{seq:010}").as_bytes());
+                    wire.resize(wire.len() + SIZE - 12, b'.');
+                    wire.extend_from_slice(b"\r\n");
+                }
+                for chunk in wire.chunks(64 * 1024) {
+                    c.send(chunk);
+                }
+                c.sync()
+            })
+        })
+        .collect();
+    for p in publishers {
+        assert_eq!(
+            p.join().unwrap(),
+            Vec::<String>::new(),
+            "publisher told off"
+        );
+    }
+    let (got, end) = reader.join().unwrap();
+    eprintln!("the subscriber received {got} of {} messages", PUBS * PER);
+    assert_eq!(
+        got,
+        PUBS * PER,
+        "the subscriber was cut after {got} of {} messages ({end})",
+        PUBS * PER
+    );
+}
+
+// ------------------------------------------------------------------ queue groups at scale
+
+/// CPU time the calling thread has used: unlike wall-clock time, not inflated when a busy
+/// machine preempts it (which happens more often to a longer measurement).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn queue_group_index_costs_do_not_grow_with_a_search_per_group() {
+    // Every group is subscribed on `work` and on `*`, so a publish to `work` merges the
+    // groups of two nodes by name. Small and big index are measured in turns, in thread
+    // CPU time (minimum of rounds), so that a busy machine skews neither. Subscribing a
+    // new group must not cost more in a node with 8x the groups (the old index searched
+    // them linearly: ~8x); a publish reaching 8x the groups may cost ~8x, not ~64x (a
+    // search per group).
+    fn index_with(groups: usize) -> subjects::Index<usize> {
+        let mut ix = subjects::Index::new();
+        for g in 0..groups {
+            let name = format!("group-{g}");
+            ix.insert(b"work", Some(name.as_bytes()), 2 * g).unwrap();
+            ix.insert(b"*", Some(name.as_bytes()), 2 * g + 1).unwrap();
+        }
+        ix
+    }
+    let probes: Vec<String> = (0..200).map(|i| format!("probe-{i}")).collect();
+    let subscribe = |ix: &mut subjects::Index<usize>| {
+        let t = thread_cpu_time();
+        let locs: Vec<_> = probes
+            .iter()
+            .map(|q| ix.insert(b"work", Some(q.as_bytes()), usize::MAX).unwrap())
+            .collect();
+        let d = thread_cpu_time() - t;
+        for loc in locs {
+            assert!(ix.remove(loc).is_none(), "a probe is alone in its group");
+        }
+        d
+    };
+    let mut m = subjects::Matches::default();
+    let mut publish = |ix: &subjects::Index<usize>, groups: usize| {
+        let t = thread_cpu_time();
+        ix.match_into(b"work", &mut m);
+        let d = thread_cpu_time() - t;
+        assert_eq!(m.groups().count(), groups);
+        assert!(m.groups().all(|(_, members)| members.len() == 2));
+        d
+    };
+    let (small, big) = (1_000, 8_000);
+    let mut ix_small = index_with(small);
+    let mut ix_big = index_with(big);
+    let mut best = [Duration::MAX; 4];
+    for _ in 0..7 {
+        best[0] = best[0].min(subscribe(&mut ix_small));
+        best[1] = best[1].min(subscribe(&mut ix_big));
+        best[2] = best[2].min(publish(&ix_small, small));
+        best[3] = best[3].min(publish(&ix_big, big));
+    }
+    let ratio = |b: Duration, s: Duration| b.as_secs_f64() / s.as_secs_f64().max(1e-9);
+    let (sub_ratio, pub_ratio) = (ratio(best[1], best[0]), ratio(best[3], best[2]));
+    eprintln!(
+        "200 new groups into {small} groups {:?}, into {big} {:?} (x{sub_ratio:.1}); \
+         match {small} groups {:?}, {big} {:?} (x{pub_ratio:.1})",
+        best[0], best[1], best[2], best[3]
+    );
+    assert!(
+        sub_ratio < 4.0,
+        "subscribing a group costs {sub_ratio:.1}x with 8x the groups"
+    );
+    assert!(
+        pub_ratio < 24.0,
+        "a publish to 8x the groups costs {pub_ratio:.1}x"
+    );
+}
+
+#[test]
+fn publish_to_20000_queue_groups_costs_linear_time() {
+    // Each group gets one message per publish, so O(groups) is the floor; the old broker
+    // searched the groups linearly for each group (221-408 ms per publish at 20,000).
+    // Subjects with 5,000 and 20,000 groups are published to in turns, and what is
+    // compared is the broker's CPU time (a busy machine preempts the longer publishes
+    // more often, which skews wall-clock time): linear is ~4x, a search per group ~16x.
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 8;
+    let sizes = [("qa", 5_000), ("qb", 20_000)];
+    let b = broker(&[]);
+    let mut sub = Raw::connect(b.addr);
+    sub.send(b"CONNECT {\"verbose\":false}\r\n");
+    let mut sid = 0;
+    for (subject, groups) in sizes {
+        let mut wire = Vec::new();
+        for g in 0..groups {
+            wire.extend_from_slice(format!("SUB {subject} g{g} {sid}\r\n").as_bytes());
+            sid += 1;
+        }
+        sub.send(&wire);
+    }
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    let mut p = Raw::connect(b.addr);
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
+    assert_eq!(p.sync(), Vec::<String>::new());
+    let mut cpu = [Duration::ZERO; 2];
+    let mut wall = [Duration::MAX; 2];
+    for _ in 0..ROUNDS {
+        for (i, (subject, groups)) in sizes.into_iter().enumerate() {
+            let cpu0 = b.proc.cpu_time();
+            for _ in 0..PER_ROUND {
+                let t = Instant::now();
+                p.send(format!("PUB {subject} 1\r\nx\r\nPING\r\n").as_bytes());
+                p.expect("PONG");
+                wall[i] = wall[i].min(t.elapsed());
+                let mut sids: Vec<usize> = (0..groups)
+                    .map(|_| {
+                        let (line, _) = sub.msg();
+                        line.split(' ').nth(2).unwrap().parse().unwrap()
+                    })
+                    .collect();
+                sids.sort_unstable();
+                sids.dedup();
+                assert_eq!(sids.len(), groups, "one message per group");
+            }
+            cpu[i] += b.proc.cpu_time() - cpu0;
+        }
+    }
+    let n = ROUNDS * PER_ROUND;
+    let ratio = cpu[1].as_secs_f64() / cpu[0].as_secs_f64().max(1e-3);
+    eprintln!(
+        "{n} publishes: broker CPU {:?} at 5,000 groups, {:?} at 20,000 (x{ratio:.1}); \
+         fastest publish + PING round trip {:?} and {:?}",
+        cpu[0], cpu[1], wall[0], wall[1]
+    );
+    assert!(
+        ratio < 8.0,
+        "4x the groups cost {ratio:.1}x the CPU ({n} publishes: {:?} at 5,000, {:?} at 20,000)",
+        cpu[0],
+        cpu[1]
+    );
+}
+
 // ------------------------------------------------------------------ a real client library
 
 async fn nats(addr: SocketAddr) -> async_nats::Client {
@@ -621,7 +1091,7 @@ async fn take(sub: &mut async_nats::Subscriber, n: usize, d: Duration) -> Vec<as
 async fn nats_client_pub_sub_and_wildcards() {
     let b = broker(&[]);
     let c = nats(b.addr).await;
-    assert_eq!(c.server_info().version, "2.10.0");
+    assert_eq!(c.server_info().version, env!("CARGO_PKG_VERSION"));
     assert!(c.server_info().headers);
     let mut exact = c.subscribe("foo.bar").await.unwrap();
     let mut star = c.subscribe("foo.*").await.unwrap();

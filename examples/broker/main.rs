@@ -7,9 +7,13 @@
 //! What heartloop brings to it:
 //! * liveness: a client silent for `--ping-interval` gets a `PING`; after `--ping-max`
 //!   unanswered ones it gets `-ERR 'Stale Connection'` and is closed;
-//! * slow consumers: a subscriber with more than `--max-pending` bytes queued, or whose
-//!   queue made no progress for `--write-deadline`, is closed (and logged) without
-//!   slowing the publisher or the other subscribers;
+//! * slow consumers: a subscriber with more than `--max-pending` bytes pending (checked
+//!   at every message it is sent), or whose queue made no progress for
+//!   `--write-deadline`, is closed (and logged). As nats-server does, a subscriber over
+//!   half its `--max-pending` holds back the publishers that feed it (their reading is
+//!   paused) until it drains below half, for at most a second: one that keeps up is not
+//!   cut by a burst of fan-in, and one that does not drain costs its publishers that
+//!   second once and is then left to reach its limit;
 //! * fan-out without copies of large payloads: every subscriber's queue holds the same
 //!   payload `Bytes` (small ones are cheaper to copy into each subscriber's write batch).
 //!

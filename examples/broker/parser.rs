@@ -13,6 +13,8 @@
 //!   an unknown operation is caught at its first wrong byte, even before the line ends; a
 //!   control line over [`MAX_CONTROL_LINE`] bytes is caught before it is complete.
 //!   After an error the parser only repeats it.
+//! * `HPUB` is refused (the connection ends, without an `-ERR`, as nats-server 2.9 does)
+//!   when the client has not declared headers support: see [`Parser::allow_headers`].
 //! * Memory per connection: nothing while idle; an incomplete control line (at most
 //!   [`MAX_CONTROL_LINE`] bytes) or an incomplete payload (at most `max_payload`).
 
@@ -61,7 +63,9 @@ pub enum Op {
     Unsub {
         /// The subscription.
         sid: Bytes,
-        /// Unsubscribe once this many messages were delivered in total.
+        /// Unsubscribe once this many messages were delivered in total. A max that is not
+        /// 1 to 9 decimal digits (`-1`, `x`, `1234567890`) is `Some(0)`: unsubscribe now,
+        /// as nats-server reads it.
         max: Option<u64>,
     },
     /// `PING`.
@@ -92,12 +96,16 @@ pub enum ParseError {
     },
     /// The arguments of a known operation are malformed (missing, extra, not a number).
     Malformed(&'static str),
+    /// `HPUB` from a client that did not declare headers support.
+    HeadersNotSupported,
 }
 
 impl ParseError {
-    /// The line sent to the client before the connection is closed.
+    /// The line sent to the client before the connection is closed (empty: nothing is
+    /// sent, as nats-server sends nothing for a `HPUB` without headers support).
     pub fn wire(&self) -> &'static [u8] {
         match self {
+            ParseError::HeadersNotSupported => b"",
             ParseError::UnknownOp => b"-ERR 'Unknown Protocol Operation'\r\n",
             ParseError::ControlLineTooLong => b"-ERR 'Maximum Control Line Exceeded'\r\n",
             ParseError::PayloadTooLarge { .. } => b"-ERR 'Maximum Payload Violation'\r\n",
@@ -117,6 +125,7 @@ impl fmt::Display for ParseError {
                 write!(f, "payload of {size} bytes over the maximum of {max}")
             }
             ParseError::Malformed(what) => write!(f, "malformed {what}"),
+            ParseError::HeadersNotSupported => f.write_str("message headers not supported"),
         }
     }
 }
@@ -199,11 +208,14 @@ pub struct Parser {
     pending: Option<Pending>,
     max_payload: usize,
     max_control: usize,
+    /// Whether `HPUB` is accepted.
+    headers: bool,
     failed: Option<ParseError>,
 }
 
 impl Parser {
-    /// A parser that accepts payloads up to `max_payload` bytes.
+    /// A parser that accepts payloads up to `max_payload` bytes, and `HPUB` (see
+    /// [`allow_headers`](Parser::allow_headers)).
     pub fn new(max_payload: usize) -> Parser {
         Parser {
             buf: BytesMut::new(),
@@ -211,8 +223,15 @@ impl Parser {
             pending: None,
             max_payload,
             max_control: MAX_CONTROL_LINE,
+            headers: true,
             failed: None,
         }
+    }
+
+    /// Accept `HPUB` from now on, or refuse it with [`ParseError::HeadersNotSupported`]
+    /// (the client's CONNECT decides; operations already returned are not affected).
+    pub fn allow_headers(&mut self, on: bool) {
+        self.headers = on;
     }
 
     /// Hand over bytes from the network. Call [`next`](Parser::next) until it returns
@@ -370,6 +389,9 @@ impl Parser {
                 self.expect_payload(subject, reply, None, size)
             }
             Name::HPub => {
+                if !self.headers {
+                    return Err(ParseError::HeadersNotSupported);
+                }
                 let (subject, reply, hdr, size) = match nargs {
                     3 => (arg(0), None, &args[1], &args[2]),
                     4 => (arg(0), Some(arg(1)), &args[2], &args[3]),
@@ -400,13 +422,11 @@ impl Parser {
                     sid: arg(0),
                     max: None,
                 })),
-                2 => {
-                    let max = parse_u64(&args[1]).ok_or(ParseError::Malformed("UNSUB max"))?;
-                    Ok(Some(Op::Unsub {
-                        sid: arg(0),
-                        max: Some(max),
-                    }))
-                }
+                2 => Ok(Some(Op::Unsub {
+                    sid: arg(0),
+                    // nats-server: anything but 1 to 9 digits is -1, "unsubscribe now".
+                    max: Some(parse_size(&args[1]).unwrap_or(0) as u64),
+                })),
                 _ => Err(ParseError::Malformed("UNSUB arguments")),
             },
             Name::Ping | Name::Pong | Name::Ok => unreachable!("handled above"),
@@ -497,15 +517,6 @@ fn parse_size(d: &[u8]) -> Option<usize> {
     }
     d.iter().try_fold(0usize, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as usize)
-    })
-}
-
-fn parse_u64(d: &[u8]) -> Option<u64> {
-    if d.is_empty() || d.len() > 18 {
-        return None;
-    }
-    d.iter().try_fold(0u64, |acc, &b| {
-        b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64)
     })
 }
 
@@ -669,7 +680,7 @@ mod tests {
             b"SUB foo\r\n",
             b"SUB a b c d\r\n",
             b"UNSUB\t\r\n",
-            b"UNSUB 1 x\r\n",
+            b"UNSUB 1 2 3\r\n",
         ] {
             let mut p = Parser::new(1 << 20);
             assert!(
@@ -677,6 +688,45 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn unsub_with_a_max_that_is_not_1_to_9_digits_means_now() {
+        for (input, max) in [
+            (&b"UNSUB 1 -1\r\n"[..], 0),
+            (b"UNSUB 1 x\r\n", 0),
+            (b"UNSUB 1 1234567890\r\n", 0),
+            (b"UNSUB 1 0\r\n", 0),
+            (b"UNSUB 1 999999999\r\n", 999_999_999),
+        ] {
+            let mut p = Parser::new(1024);
+            assert_eq!(
+                parse_all(&mut p, input),
+                Ok(vec![Op::Unsub {
+                    sid: b("1"),
+                    max: Some(max)
+                }]),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hpub_is_refused_unless_headers_are_allowed() {
+        let mut p = Parser::new(1024);
+        p.allow_headers(false);
+        assert_eq!(
+            parse_all(&mut p, b"PUB a 0\r\n\r\nHPUB a 12 14\r\n"),
+            Err(ParseError::HeadersNotSupported)
+        );
+        assert_eq!(ParseError::HeadersNotSupported.wire(), b"");
+        let mut p = Parser::new(1024);
+        p.allow_headers(false);
+        p.allow_headers(true);
+        assert_eq!(
+            parse_all(&mut p, b"HPUB a 0 0\r\n\r\n").map(|ops| ops.len()),
+            Ok(1)
+        );
     }
 
     #[test]

@@ -15,10 +15,24 @@ use slab::Slab;
 use crate::parser::{Op, ParseError, Parser};
 use crate::subjects::{Index, Loc, Matches, valid_literal_subject};
 
-/// The version announced in `INFO`. Clients parse it to decide which features they may
-/// use (headers need 2.2, no-responders 2.2.x); we implement what 2.10 clients expect of
-/// the core protocol.
-const VERSION: &str = "2.10.0";
+/// The version announced in `INFO`: the broker's own, not a nats-server version it is not.
+/// Clients use the server version only to gate JetStream features (which this broker
+/// does not have: async-nats' `is_server_compatible`, nats.go's `serverMinVersion`); the
+/// core protocol's features are announced by `proto` and `headers`.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A client's batch is handed to the reactor once it holds this much, rather than
+/// growing for the rest of the turn (the pending limit counts it either way).
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Longest a subscriber over half its `max_pending` holds back the publishers that feed
+/// it (nats-server's longest stall of a fast producer).
+const STALL_MAX: Duration = Duration::from_secs(1);
+
+/// The rest of the status message to a requester whose request reached nobody, after
+/// `HMSG <reply> <sid> `: header and total sizes, the header block (`NATS/1.0 503` and
+/// an empty line), and the CRLF after the empty payload.
+const NO_RESPONDERS: &[u8] = b"16 16\r\nNATS/1.0 503\r\n\r\n\r\n";
 
 /// Shared payloads shorter than this are copied once per publish into a buffer of their
 /// own before being shared by all subscribers: a slice of the reactor's 64 KiB read
@@ -37,7 +51,9 @@ pub struct Config {
     pub ping_max: u32,
     /// Largest payload a client may publish.
     pub max_payload: usize,
-    /// Most bytes queued for one client before it is closed as a slow consumer.
+    /// Most bytes pending for one client (batched here or queued in the reactor, checked
+    /// at every message) before it is closed as a slow consumer. Over half of it, the
+    /// client holds back the publishers that feed it (see `Server::hold_back`).
     pub max_pending: usize,
     /// Longest a client's queue may go without the kernel taking a byte.
     pub write_deadline: Duration,
@@ -72,10 +88,11 @@ struct Opts {
 }
 
 impl Default for Opts {
+    /// nats-server's: before a CONNECT, and for the fields a CONNECT leaves out.
     fn default() -> Self {
         Opts {
-            verbose: false,
-            pedantic: false,
+            verbose: true,
+            pedantic: true,
             echo: true,
             headers: false,
             no_responders: false,
@@ -96,8 +113,19 @@ struct Client {
     last_in: Instant,
     /// PINGs sent since bytes last came in.
     pings_out: u32,
-    /// A fatal error or staleness was answered and `close` called: ignore the rest.
+    /// A fatal error or staleness was answered and `close` called, or the client was cut
+    /// as a slow consumer: ignore the rest.
     closing: bool,
+    /// Cut as a slow consumer: nothing more is written to it.
+    cut: bool,
+    /// As a subscriber: since when it has been over half its `max_pending` (as last
+    /// seen; `None` once seen at or below half). See `Server::hold_back`.
+    over_half_since: Option<Instant>,
+    /// As a publisher: held back by this subscriber (key, conn). Its unprocessed input
+    /// waits in `parser`, and reading is paused.
+    held_by: Option<(usize, ConnId)>,
+    /// The peer finished sending: close once its input is processed.
+    eof: bool,
     /// What was written to this client in the current batch of events, handed to the
     /// reactor as one `Bytes` before the loop polls again. Small messages are copied
     /// here: for a 16-byte payload a copy is cheaper than a shared reference, and it
@@ -129,6 +157,14 @@ pub struct Server {
     matches: Matches<usize>,
     /// Clients with bytes in `out`.
     dirty: Vec<usize>,
+    /// Publishers held back (key, conn).
+    held: Vec<(usize, ConnId)>,
+    /// Set by `deliver`: the publisher being served must be held back by this subscriber
+    /// (key, conn) after the current operation.
+    hold: Option<(usize, ConnId)>,
+    /// A publisher was held back since the last poll: poll once without sleeping, so that
+    /// the reactor writes what is queued before `release_held` looks again.
+    fresh_hold: bool,
     rng: u64,
 }
 
@@ -148,11 +184,15 @@ impl Server {
                 cfg.ping_interval * (cfg.ping_max + 2),
             ))
             .outbound(
-                // No watermarks: one slow subscriber never slows the publisher; the
-                // hard limit and the stall deadline decide.
+                // No watermarks: the broker counts pending bytes itself, at every message
+                // (`deliver`, `write`); the hard limit is a backstop, and the stall
+                // deadline cuts a subscriber whose queue makes no progress.
                 OutboundConfig::limit(pending, OverflowPolicy::Disconnect)
                     .on_stall(cfg.write_deadline),
-            );
+            )
+            // A publisher held back (reading paused) that sends its last messages and
+            // closes: its FIN waits behind them instead of ending the connection at once.
+            .half_close(true);
         let listener = reactor.listen(cfg.addr, conn)?;
         let local = reactor.local_addr(listener)?;
         let seed = std::time::SystemTime::now()
@@ -170,6 +210,9 @@ impl Server {
             index: Index::new(),
             matches: Matches::default(),
             dirty: Vec::new(),
+            held: Vec::new(),
+            hold: None,
+            fresh_hold: false,
             rng: seed | 1,
         })
     }
@@ -183,7 +226,12 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Vec::with_capacity(1024);
         loop {
-            self.reactor.poll(&mut events, None)?;
+            // The poll writes what was queued before it sleeps (and, woken by a writable
+            // socket, writes more): then the held-back publishers are looked at again.
+            let timeout = self.hold_timeout();
+            self.fresh_hold = false;
+            self.reactor.poll(&mut events, timeout)?;
+            self.release_held();
             for ev in events.drain(..) {
                 self.on_event(ev);
             }
@@ -191,10 +239,101 @@ impl Server {
         }
     }
 
+    /// How long the poll may sleep with publishers held back: not at all right after one
+    /// was held back (the reactor has not tried to write yet), else until the earliest
+    /// hold runs out (a subscriber that drains wakes the poll with a writable socket).
+    fn hold_timeout(&self) -> Option<Duration> {
+        if self.held.is_empty() {
+            return None;
+        }
+        if self.fresh_hold {
+            return Some(Duration::ZERO);
+        }
+        let now = self.reactor.now();
+        self.held
+            .iter()
+            .map(|&(key, conn)| {
+                self.client(key, conn)
+                    .and_then(|c| c.held_by)
+                    .and_then(|(s, sconn)| self.client(s, sconn))
+                    .and_then(|s| s.over_half_since)
+                    .map_or(Duration::ZERO, |since| {
+                        (since + STALL_MAX).saturating_duration_since(now)
+                    })
+            })
+            .min()
+    }
+
+    /// The client at `key` if it is still the one on `conn`.
+    fn client(&self, key: usize, conn: ConnId) -> Option<&Client> {
+        self.clients.get(key).filter(|c| c.conn == conn)
+    }
+
+    /// Let held-back publishers go on whose subscriber drained to half its max_pending,
+    /// went away, or held them for `STALL_MAX`.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        for (key, conn) in std::mem::take(&mut self.held) {
+            let Some((s, sconn)) = self.client(key, conn).and_then(|c| c.held_by) else {
+                continue;
+            };
+            if self.client(s, sconn).is_some_and(|c| !c.closing) && self.hold_back(s) {
+                self.held.push((key, conn));
+                continue;
+            }
+            self.clients[key].held_by = None;
+            self.process(key, true);
+            let c = &self.clients[key];
+            if c.held_by.is_none() && !c.closing {
+                if c.eof {
+                    self.close(key);
+                } else {
+                    self.reactor.resume_reading(c.conn);
+                }
+            }
+        }
+    }
+
+    /// Whether subscriber `s` holds back the publishers that deliver to it: it has more
+    /// than half its max_pending pending, and has been over half for less than
+    /// `STALL_MAX`. As nats-server stalls a producer that delivers to a client over half
+    /// its max_pending (until it drains below half, for at most a second): a subscriber
+    /// that keeps up is not cut by a burst of fan-in, and one that does not drain is left
+    /// to reach max_pending.
+    fn hold_back(&mut self, s: usize) -> bool {
+        let pending = self.pending(s);
+        let now = self.reactor.now();
+        let c = &mut self.clients[s];
+        if pending <= self.cfg.max_pending / 2 {
+            c.over_half_since = None;
+            return false;
+        }
+        let since = *c.over_half_since.get_or_insert(now);
+        now.saturating_duration_since(since) < STALL_MAX
+    }
+
+    /// Bytes pending for a client: its batch and what the reactor holds for it.
+    fn pending(&self, key: usize) -> usize {
+        let c = &self.clients[key];
+        c.out.len() + self.reactor.queued(c.conn).unwrap_or(0)
+    }
+
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Accepted { conn, peer, .. } => self.accepted(conn, peer),
             Event::Data { conn, bytes } => self.data(conn, bytes),
+            Event::PeerHalfClosed { conn } => {
+                // nats-server closes a client at its EOF, after what it sent before.
+                if let Some(&key) = self.by_conn.get(&conn) {
+                    let c = &mut self.clients[key];
+                    c.eof = true;
+                    if c.held_by.is_none() && !c.closing {
+                        self.close(key);
+                    }
+                }
+            }
             Event::HeartbeatDue { conn } => {
                 // Nothing was sent to this client, or nothing came from it, for
                 // ping_interval (at most once per interval).
@@ -219,8 +358,16 @@ impl Server {
             last_in: now,
             pings_out: 0,
             closing: false,
+            cut: false,
+            over_half_since: None,
+            held_by: None,
+            eof: false,
             out: BytesMut::new(),
         });
+        // Headers are off until a CONNECT turns them on.
+        self.clients[key]
+            .parser
+            .allow_headers(Opts::default().headers);
         self.by_conn.insert(conn, key);
         let info = serde_json::json!({
             "server_id": self.server_id,
@@ -251,6 +398,16 @@ impl Server {
         c.last_in = now;
         c.pings_out = 0;
         c.parser.push(bytes);
+        // Held back: the bytes wait in the parser (read in this turn before reading was
+        // paused).
+        if c.held_by.is_none() {
+            self.process(key, true);
+        }
+    }
+
+    /// Run the client's parsed operations until more input is needed, it is closing, or
+    /// (`may_hold`) a subscriber it delivered to holds it back.
+    fn process(&mut self, key: usize, may_hold: bool) {
         loop {
             match self.clients[key].parser.next() {
                 Ok(Some(op)) => self.op(key, op),
@@ -263,7 +420,18 @@ impl Server {
             if self.clients[key].closing {
                 break;
             }
+            if let Some(by) = self.hold.take()
+                && may_hold
+            {
+                let c = &mut self.clients[key];
+                c.held_by = Some(by);
+                self.reactor.pause_reading(c.conn);
+                self.held.push((key, c.conn));
+                self.fresh_hold = true;
+                break;
+            }
         }
+        self.hold = None;
     }
 
     fn op(&mut self, key: usize, op: Op) {
@@ -283,6 +451,13 @@ impl Server {
             Op::Pub {
                 subject,
                 reply,
+                data,
+            } => self.client_publish(key, &subject, reply.as_deref(), None, data),
+            // An empty header block: a plain message, as nats-server delivers it.
+            Op::HPub {
+                subject,
+                reply,
+                header_len: 0,
                 data,
             } => self.client_publish(key, &subject, reply.as_deref(), None, data),
             Op::HPub {
@@ -307,14 +482,16 @@ impl Server {
                 .unwrap_or("")
                 .to_string()
         };
+        let d = Opts::default();
         let c = &mut self.clients[key];
         c.opts = Opts {
-            verbose: flag("verbose", false),
-            pedantic: flag("pedantic", false),
-            echo: flag("echo", true),
-            headers: flag("headers", false),
-            no_responders: flag("no_responders", false),
+            verbose: flag("verbose", d.verbose),
+            pedantic: flag("pedantic", d.pedantic),
+            echo: flag("echo", d.echo),
+            headers: flag("headers", d.headers),
+            no_responders: flag("no_responders", d.no_responders),
         };
+        c.parser.allow_headers(c.opts.headers);
         c.name = text("name");
         log::debug!(
             "{} CONNECT name={:?} lang={:?} version={:?} protocol={} {:?}",
@@ -325,6 +502,12 @@ impl Server {
             v.get("protocol").and_then(|x| x.as_i64()).unwrap_or(0),
             c.opts
         );
+        if c.opts.no_responders && !c.opts.headers {
+            c.closing = true;
+            self.write(key, b"-ERR 'no responders requires headers support'\r\n");
+            self.close(key);
+            return;
+        }
         self.ok(key);
     }
 
@@ -357,7 +540,7 @@ impl Server {
             return;
         };
         match max {
-            Some(max) if self.subs[skey].delivered < max => self.subs[skey].max = max,
+            Some(max) if max > 0 && self.subs[skey].delivered < max => self.subs[skey].max = max,
             _ => self.remove_sub(skey),
         }
     }
@@ -382,8 +565,9 @@ impl Server {
     ) {
         let opts = self.clients[key].opts;
         if opts.pedantic && !valid_literal_subject(subject) {
-            // As nats-server: reported in pedantic mode only; the connection stays.
-            self.write(key, b"-ERR 'Invalid Subject'\r\n");
+            // As nats-server: reported in pedantic mode only; the connection stays. (A
+            // subject with an empty token reaches nobody either way: see `Index`.)
+            self.write(key, b"-ERR 'Invalid Publish Subject'\r\n");
         }
         // nats-server acknowledges before it delivers.
         self.ok(key);
@@ -393,16 +577,28 @@ impl Server {
             && opts.no_responders
             && opts.headers
         {
-            // A request nobody can answer: tell the requester at once (status 503).
-            const NO_RESPONDERS: &[u8] = b"NATS/1.0 503\r\n\r\n\r\n";
-            let hdr = NO_RESPONDERS.len() - 2;
-            self.publish(
-                None,
-                reply,
-                None,
-                Some(hdr),
-                Bytes::from_static(NO_RESPONDERS),
-            );
+            self.no_responders(key, reply);
+        }
+    }
+
+    /// A request nobody can answer: tell the requester at once (status 503), on its first
+    /// plain subscription that matches the reply subject, as nats-server does; nobody
+    /// else subscribed to the reply subject hears of it.
+    fn no_responders(&mut self, key: usize, reply: &[u8]) {
+        let mut m = std::mem::take(&mut self.matches);
+        self.index.match_into(reply, &mut m);
+        let sid = m
+            .plain
+            .iter()
+            .find(|&&s| self.subs[s].client == key)
+            .map(|&s| self.subs[s].sid.clone());
+        self.matches = m;
+        if let Some(sid) = sid {
+            let mut h = BytesMut::with_capacity(reply.len() + sid.len() + 48);
+            h.extend_from_slice(b"HMSG ");
+            msg_args(&mut h, reply, &sid, None);
+            h.extend_from_slice(NO_RESPONDERS);
+            self.write(key, &h);
         }
     }
 
@@ -427,7 +623,7 @@ impl Server {
         let mut delivered = 0;
         for &s in &m.plain {
             if self.eligible(from, s) {
-                self.deliver(s, subject, reply, header_len, &data);
+                self.deliver(from, s, subject, reply, header_len, &data);
                 delivered += 1;
             }
         }
@@ -438,7 +634,7 @@ impl Server {
                 .map(|j| members[(start + j) % n])
                 .find(|&s| self.eligible(from, s))
             {
-                self.deliver(s, subject, reply, header_len, &data);
+                self.deliver(from, s, subject, reply, header_len, &data);
                 delivered += 1;
             }
         }
@@ -452,8 +648,13 @@ impl Server {
         !c.closing && (from != Some(ck) || c.opts.echo)
     }
 
+    /// Append the message for subscription `s` to its client's batch (a large payload is
+    /// queued in the reactor behind the batch instead). The client's pending bytes are
+    /// checked at every message: over `max_pending` it is cut as a slow consumer; over
+    /// half of it, the publisher `from` is held back (see `hold_back`).
     fn deliver(
         &mut self,
+        from: Option<usize>,
         s: usize,
         subject: &[u8],
         reply: Option<&[u8]>,
@@ -492,21 +693,59 @@ impl Server {
             }
         };
         h.extend_from_slice(b"\r\n");
-        if payload.len() < self.cfg.copy_below {
+        let copy = payload.len() < self.cfg.copy_below;
+        if copy {
             h.extend_from_slice(&payload);
-        } else {
-            // Large: the header goes out with what is batched, then the payload `Bytes`
-            // shared by every subscriber (a reference count, no copy), queued as one unit
-            // so a refused send can never tear a message. If the queue is over its limit
-            // the reactor ends the connection (slow consumer).
-            let conn = c.conn;
-            let batch = std::mem::take(&mut c.out).freeze();
-            let _ = self.reactor.send_parts(conn, batch, payload);
         }
         sub.delivered += 1;
-        if sub.max != 0 && sub.delivered >= sub.max {
+        let done = sub.max != 0 && sub.delivered >= sub.max;
+        let conn = c.conn;
+        let queued = self.reactor.queued(conn).unwrap_or(0);
+        let pending = c.out.len() + queued + if copy { 0 } else { payload.len() };
+        if pending > self.cfg.max_pending {
+            self.slow_consumer(ck, pending);
+        } else if !copy {
+            // Large: the header goes out with what is batched, then the payload `Bytes`
+            // shared by every subscriber (a reference count, no copy), queued as one unit
+            // so a refused send can never tear a message.
+            let batch = std::mem::take(&mut c.out).freeze();
+            let _ = self.reactor.send_parts(conn, batch, payload);
+        } else if c.out.len() >= FLUSH_AT {
+            self.flush(ck);
+        }
+        if done {
             self.remove_sub(s);
         }
+        if pending <= self.cfg.max_pending / 2 {
+            // Drained since it was last over half: a new stall may begin later.
+            self.clients[ck].over_half_since = None;
+        } else if from.is_some()
+            && self.hold.is_none()
+            && !self.clients[ck].closing
+            && self.hold_back(ck)
+        {
+            self.hold = Some((ck, conn));
+        }
+    }
+
+    /// More than `max_pending` bytes would be pending for the client: close it at once,
+    /// dropping what is pending (nats-server does not flush a slow consumer either).
+    fn slow_consumer(&mut self, key: usize, pending: usize) {
+        let c = &mut self.clients[key];
+        if c.cut {
+            return;
+        }
+        log::info!(
+            "{} ({}, {:?}) slow consumer: {pending} bytes pending, over max_pending {}; closed",
+            c.conn,
+            c.peer,
+            c.name,
+            self.cfg.max_pending
+        );
+        c.cut = true;
+        c.closing = true;
+        c.out = BytesMut::new();
+        self.reactor.abort(c.conn);
     }
 
     /// The ping logic of nats-server: run once per ping interval; if nothing came in for
@@ -542,7 +781,9 @@ impl Server {
         let c = &mut self.clients[key];
         log::debug!("{} ({}) protocol error: {e}", c.conn, c.peer);
         c.closing = true;
-        self.write(key, e.wire());
+        if !e.wire().is_empty() {
+            self.write(key, e.wire());
+        }
         self.close(key);
     }
 
@@ -552,13 +793,25 @@ impl Server {
         }
     }
 
-    /// Append to the client's batch.
+    /// Append to the client's batch, within its max_pending (see `deliver`).
     fn write(&mut self, key: usize, bytes: &[u8]) {
         let c = &mut self.clients[key];
+        if c.cut {
+            return;
+        }
         if c.out.is_empty() {
             self.dirty.push(key);
         }
         c.out.extend_from_slice(bytes);
+        let pending = c.out.len() + self.reactor.queued(c.conn).unwrap_or(0);
+        if pending <= self.cfg.max_pending / 2 {
+            c.over_half_since = None;
+        }
+        if pending > self.cfg.max_pending {
+            self.slow_consumer(key, pending);
+        } else if c.out.len() >= FLUSH_AT {
+            self.flush(key);
+        }
     }
 
     /// Hand the client's batch to the reactor.
@@ -590,6 +843,12 @@ impl Server {
         let Some(key) = self.by_conn.remove(&conn) else {
             return;
         };
+        // A publisher held back when it went: what it sent before is still delivered
+        // (nats-server processes every read before it sees the end).
+        let c = &mut self.clients[key];
+        if c.held_by.take().is_some() && !c.closing {
+            self.process(key, false);
+        }
         let c = self.clients.remove(key);
         for (_, skey) in c.subs {
             let sub = self.subs.remove(skey);
@@ -598,6 +857,7 @@ impl Server {
             }
         }
         match cause {
+            _ if c.cut => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
             Cause::SlowPeer { .. } => {
                 log::info!(
                     "{conn} ({}, {:?}) slow consumer, closed: {cause}",

@@ -6,11 +6,14 @@
 //! [`Index`] is a trie with one level per token: a node has its literal children in a
 //! hash map, plus at most one `*` child and one `>` child, and keeps the subscriptions
 //! whose subject ends there (plain ones in a list, queue subscriptions in one list per
-//! group). Matching a published subject walks the literal, `*` and `>` branches for each
-//! of its tokens, so a publish costs the nodes on those paths and the subscribers it
-//! reaches, never a scan of unrelated subscriptions. Removing a subscription is O(1)
-//! (swap-remove at a position the caller remembers in its [`Loc`]), and empty nodes are
-//! pruned.
+//! group, the groups found by name through a hash map). Matching a published subject
+//! walks the literal, `*` and `>` branches for each of its tokens, so a publish costs the
+//! nodes on those paths and the subscribers it reaches, never a scan of unrelated
+//! subscriptions; the groups of several matched nodes are merged by name through a hash
+//! map too, so a publish reaching G groups costs O(G). A published subject with an empty
+//! token (`a..b`, `a.`, `.a`, `.`) matches nothing, as in nats-server. Removing a
+//! subscription is O(1) (swap-remove at a position the caller remembers in its [`Loc`]),
+//! and empty nodes are pruned.
 
 use std::collections::HashMap;
 
@@ -71,6 +74,8 @@ struct Node<T> {
     gt: Option<usize>,
     plain: Vec<T>,
     groups: Slab<Group<T>>,
+    /// Group name -> key in `groups`.
+    group_keys: HashMap<Bytes, usize>,
 }
 
 impl<T> Node<T> {
@@ -83,6 +88,7 @@ impl<T> Node<T> {
             gt: None,
             plain: Vec::new(),
             groups: Slab::new(),
+            group_keys: HashMap::new(),
         }
     }
 
@@ -101,8 +107,13 @@ impl<T> Node<T> {
 pub struct Matches<T> {
     /// Plain subscriptions: each gets the message.
     pub plain: Vec<T>,
+    /// The groups reached, `..ngroups` (the slots beyond are kept for their allocations).
     groups: Vec<(Bytes, Vec<T>)>,
     ngroups: usize,
+    /// Name -> slot in `groups`, filled only once a second node brings groups (names are
+    /// distinct within one node, so the common case of one node needs no lookups).
+    by_name: HashMap<Bytes, usize>,
+    indexed: bool,
     tokens: Vec<(usize, usize)>,
 }
 
@@ -112,6 +123,8 @@ impl<T> Default for Matches<T> {
             plain: Vec::new(),
             groups: Vec::new(),
             ngroups: 0,
+            by_name: HashMap::new(),
+            indexed: false,
             tokens: Vec::new(),
         }
     }
@@ -128,28 +141,50 @@ impl<T: Copy> Matches<T> {
     fn clear(&mut self) {
         self.plain.clear();
         self.ngroups = 0;
+        self.indexed = false;
     }
 
     fn add_node(&mut self, node: &Node<T>) {
         self.plain.extend_from_slice(&node.plain);
+        if node.groups.is_empty() {
+            return;
+        }
+        if self.ngroups == 0 {
+            // The first node with groups: its names are distinct, nothing to merge.
+            for (_, g) in node.groups.iter() {
+                self.push_group(g);
+            }
+            return;
+        }
+        if !self.indexed {
+            self.by_name.clear();
+            for (i, (name, _)) in self.groups[..self.ngroups].iter().enumerate() {
+                self.by_name.insert(name.clone(), i);
+            }
+            self.indexed = true;
+        }
         for (_, g) in node.groups.iter() {
-            match self.groups[..self.ngroups]
-                .iter_mut()
-                .find(|(n, _)| *n == g.name)
-            {
-                Some((_, m)) => m.extend_from_slice(&g.members),
+            match self.by_name.get(&g.name) {
+                Some(&i) => self.groups[i].1.extend_from_slice(&g.members),
                 None => {
-                    if self.ngroups == self.groups.len() {
-                        self.groups.push((g.name.clone(), Vec::new()));
-                    }
-                    let slot = &mut self.groups[self.ngroups];
-                    slot.0 = g.name.clone();
-                    slot.1.clear();
-                    slot.1.extend_from_slice(&g.members);
-                    self.ngroups += 1;
+                    let i = self.push_group(g);
+                    self.by_name.insert(g.name.clone(), i);
                 }
             }
         }
+    }
+
+    /// A new group slot with `g`'s members; returns its index.
+    fn push_group(&mut self, g: &Group<T>) -> usize {
+        if self.ngroups == self.groups.len() {
+            self.groups.push((g.name.clone(), Vec::new()));
+        }
+        let slot = &mut self.groups[self.ngroups];
+        slot.0 = g.name.clone();
+        slot.1.clear();
+        slot.1.extend_from_slice(&g.members);
+        self.ngroups += 1;
+        self.ngroups - 1
     }
 }
 
@@ -237,12 +272,17 @@ impl<T: Copy> Index<T> {
                 }
             }
             Some(q) => {
-                let g = match n.groups.iter().find(|(_, g)| g.name == q) {
-                    Some((k, _)) => k,
-                    None => n.groups.insert(Group {
-                        name: Bytes::copy_from_slice(q),
-                        members: Vec::new(),
-                    }),
+                let g = match n.group_keys.get(q) {
+                    Some(&k) => k,
+                    None => {
+                        let name = Bytes::copy_from_slice(q);
+                        let k = n.groups.insert(Group {
+                            name: name.clone(),
+                            members: Vec::new(),
+                        });
+                        n.group_keys.insert(name, k);
+                        k
+                    }
                 };
                 let members = &mut n.groups[g].members;
                 members.push(id);
@@ -268,7 +308,8 @@ impl<T: Copy> Index<T> {
         if let Some(g) = loc.group
             && n.groups[g].members.is_empty()
         {
-            n.groups.remove(g);
+            let group = n.groups.remove(g);
+            n.group_keys.remove(&group.name);
         }
         self.len -= 1;
         self.prune(loc.node);
@@ -292,7 +333,8 @@ impl<T: Copy> Index<T> {
         }
     }
 
-    /// Fill `out` with the subscriptions a publish to `subject` reaches.
+    /// Fill `out` with the subscriptions a publish to `subject` reaches: none if a token
+    /// of `subject` is empty.
     pub fn match_into(&self, subject: &[u8], out: &mut Matches<T>) {
         out.clear();
         let mut tokens = std::mem::take(&mut out.tokens);
@@ -305,7 +347,9 @@ impl<T: Copy> Index<T> {
             }
         }
         tokens.push((start, subject.len()));
-        self.walk(0, subject, &tokens, out);
+        if tokens.iter().all(|&(a, z)| a < z) {
+            self.walk(0, subject, &tokens, out);
+        }
         out.tokens = tokens;
     }
 
@@ -315,14 +359,16 @@ impl<T: Copy> Index<T> {
             out.add_node(n);
             return;
         };
+        // Literal before `*`, as nats-server orders its matches (the no-responders status
+        // goes to the requester's first matching subscription).
         if let Some(gt) = n.gt {
             out.add_node(&self.nodes[gt]);
         }
-        if let Some(star) = n.star {
-            self.walk(star, subject, rest, out);
-        }
         if let Some(&child) = n.children.get(&subject[a..z]) {
             self.walk(child, subject, rest, out);
+        }
+        if let Some(star) = n.star {
+            self.walk(star, subject, rest, out);
         }
     }
 }
@@ -376,6 +422,10 @@ mod tests {
         assert_eq!(matched(&ix, "foo.bar.baz").0, vec![3, 4, 6]);
         assert_eq!(matched(&ix, "foo").0, vec![4, 7]);
         assert_eq!(matched(&ix, "x.y.z").0, vec![4]);
+        // A subject with an empty token matches nothing, wildcards included.
+        for s in ["foo..bar", "foo.", ".bar", ".", "", "foo.bar."] {
+            assert_eq!(matched(&ix, s), (vec![], vec![]), "{s:?}");
+        }
         assert!(ix.insert(b"a..b", None, 9).is_none());
         assert!(ix.insert(b"a.>.b", None, 9).is_none());
     }
@@ -396,6 +446,31 @@ mod tests {
         // The scratch is reused without stale groups.
         let (_, groups) = matched(&ix, "a.c");
         assert_eq!(groups, vec![("q".into(), vec![2])]);
+        // Merged across three nodes, in a scratch indexed by name on the way.
+        ix.insert(b">", Some(b"r"), 5).unwrap();
+        ix.insert(b">", Some(b"s"), 6).unwrap();
+        let mut m = Matches::default();
+        for _ in 0..2 {
+            ix.match_into(b"a.b", &mut m);
+            let mut groups: Vec<(Bytes, Vec<u32>)> = m
+                .groups()
+                .map(|(n, ms)| {
+                    let mut ms = ms.to_vec();
+                    ms.sort();
+                    (n.clone(), ms)
+                })
+                .collect();
+            groups.sort();
+            assert_eq!(
+                groups,
+                vec![
+                    (Bytes::from("q"), vec![1, 2]),
+                    (Bytes::from("r"), vec![3, 5]),
+                    (Bytes::from("s"), vec![6])
+                ]
+            );
+            assert_eq!(m.plain, vec![4]);
+        }
     }
 
     #[test]
