@@ -142,8 +142,8 @@ pub enum Event {
         listener: ListenerId,
         /// The new connection.
         conn: ConnId,
-        /// The peer's address.
-        peer: SocketAddr,
+        /// The peer's address (TCP, or a Unix socket's path when it has one).
+        peer: PeerAddr,
     },
     /// An outgoing [`connect`](crate::Reactor::connect) completed.
     Connected {

@@ -691,7 +691,7 @@ impl Ledger {
             match ev {
                 Event::Accepted { conn, peer, .. } => {
                     assert!(self.accepted.insert(conn), "{conn} reused");
-                    assert!(self.fresh.insert(peer, conn).is_none(), "{peer} twice");
+                    assert!(self.fresh.insert(peer.tcp().expect("a TCP peer"), conn).is_none(), "{peer} twice");
                 }
                 Event::Disconnected { conn, cause } => {
                     self.ended.insert(conn, cause);

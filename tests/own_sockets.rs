@@ -91,7 +91,7 @@ fn adopt_takes_over_a_connected_stream() {
     client.write_all(b"before").unwrap(); // sent before the reactor knew the socket
     let mut r = Reactor::new(ReactorConfig::default()).unwrap();
     let conn = r.adopt(server_side, ConnConfig::default()).unwrap();
-    assert_eq!(r.peer_addr(conn), Some(peer));
+    assert_eq!(r.peer_addr(conn), Some(peer.into()));
     let mut log = Vec::new();
     expect_event(
         &mut r,

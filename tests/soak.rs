@@ -289,7 +289,7 @@ fn soak_19000_idle_connections_with_heartbeats() {
      -> Option<ConnId> {
         match ev {
             Event::Accepted { conn, peer, .. } => {
-                if Some(peer.ip()) == ns_ip {
+                if peer.tcp().map(|a| a.ip()) == ns_ip {
                     ns_conns.insert(conn);
                 }
                 return Some(conn);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, Heartbeat, OutboundConfig, OverflowPolicy, Reactor,
+    Cause, ConnConfig, ConnId, Event, Heartbeat, OutboundConfig, OverflowPolicy, PeerAddr, Reactor,
     ReactorConfig,
 };
 use slab::Slab;
@@ -103,7 +103,7 @@ impl Default for Opts {
 #[derive(Debug)]
 struct Client {
     conn: ConnId,
-    peer: SocketAddr,
+    peer: PeerAddr,
     parser: Parser,
     opts: Opts,
     name: String,
@@ -346,11 +346,11 @@ impl Server {
         }
     }
 
-    fn accepted(&mut self, conn: ConnId, peer: SocketAddr) {
+    fn accepted(&mut self, conn: ConnId, peer: PeerAddr) {
         let now = self.reactor.now();
         let key = self.clients.insert(Client {
             conn,
-            peer,
+            peer: peer.clone(),
             parser: Parser::new(self.cfg.max_payload),
             opts: Opts::default(),
             name: String::new(),
@@ -380,7 +380,7 @@ impl Server {
             "headers": true,
             "max_payload": self.cfg.max_payload,
             "client_id": conn.serial(),
-            "client_ip": peer.ip().to_string(),
+            "client_ip": peer.tcp().map_or_else(String::new, |a| a.ip().to_string()),
         });
         log::debug!("{conn} accepted from {peer}");
         self.write(key, format!("INFO {info}\r\n").as_bytes());

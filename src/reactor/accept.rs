@@ -206,14 +206,11 @@ impl Reactor {
                             if let Some(c) = self.table.conn_mut(conn) {
                                 c.peer = Some(peer.clone());
                             }
-                            // (Unix listeners come with the PeerAddr event.)
-                            if let Some(peer) = peer.tcp() {
-                                self.pending.push(Event::Accepted {
-                                    listener: lid,
-                                    conn,
-                                    peer,
-                                });
-                            }
+                            self.pending.push(Event::Accepted {
+                                listener: lid,
+                                conn,
+                                peer,
+                            });
                             self.start_heartbeat(conn);
                         }
                         Err(e) => log::warn!("accepted {peer} but could not register it: {e}"),

@@ -17,7 +17,7 @@ use super::{Conn, Reactor, Stream};
 use crate::cause::{Cause, ProtocolError};
 use crate::clock::later;
 use crate::config::ConnConfig;
-use crate::event::{ConnId, Event, Readiness};
+use crate::event::{ConnId, Event, PeerAddr, Readiness};
 use crate::heartbeat::Liveness;
 use crate::lifecycle::{Lifecycle, Step};
 
@@ -177,9 +177,9 @@ impl Reactor {
         self.table.conn(id).is_some()
     }
 
-    /// The peer's address, once known.
-    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
-        self.table.conn(id).and_then(|c| c.peer.as_ref()?.tcp())
+    /// The peer's address, once known (TCP or Unix).
+    pub fn peer_addr(&self, id: ConnId) -> Option<PeerAddr> {
+        self.table.conn(id).and_then(|c| c.peer.clone())
     }
 
     /// Bytes queued for the connection (`None` if stale).
