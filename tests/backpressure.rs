@@ -12,6 +12,12 @@
 //!
 //! The pure queue logic (watermark hysteresis, hard limit, stall clock on made-up instants)
 //! is unit-tested in `src/outbound.rs`; this file tests the reactor wiring over sockets.
+//! Where a test is about the stall or linger clock it runs in stepped time (a manual
+//! [`Clock`], see `tests/util`): the sockets and processes are real, the clock moves only
+//! when the test says so, and the deadline is asserted exactly (nothing a millisecond
+//! before, the verdict in the turn at it, `stalled_for` exact). Two stay in real time as
+//! end-to-end proof, with margins: SlowPeer after the stall (test 1) and a close bounded by
+//! linger (test 8); each has a stepped-time twin.
 
 mod util;
 
@@ -25,10 +31,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, OutboundConfig, OverflowPolicy, Reactor, ReactorConfig,
-    SendError,
+    Cause, Clock, ConnConfig, ConnId, Event, OutboundConfig, OverflowPolicy, Reactor,
+    ReactorConfig, SendError,
 };
-use util::{Proc, expect_event, rss_kib, rss_kib_of};
+use util::{Proc, SOCKET_WAIT, expect_event, manual_reactor, rss_kib, rss_kib_of};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -67,7 +73,19 @@ fn reactor_with_peer(
     cfg: ConnConfig,
     args: &[&str],
 ) -> (Reactor, ConnId, Proc) {
-    let mut r = Reactor::new(rcfg).unwrap();
+    peer_of(Reactor::new(rcfg).unwrap(), cfg, args)
+}
+
+/// Stepped time: [`reactor_with_peer`] on a manual clock (default reactor settings).
+fn stepped_reactor_with_peer(cfg: ConnConfig, args: &[&str]) -> (Reactor, Clock, ConnId, Proc) {
+    let (r, clock) = manual_reactor(ReactorConfig::default());
+    let (r, conn, peer) = peer_of(r, cfg, args);
+    (r, clock, conn, peer)
+}
+
+/// `r` listening on 127.0.0.1 with `cfg`, and a `peer` process connected to it (see
+/// [`reactor_with_peer`]).
+fn peer_of(mut r: Reactor, cfg: ConnConfig, args: &[&str]) -> (Reactor, ConnId, Proc) {
     let l = r.listen("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
     let addr = r.local_addr(l).unwrap().to_string();
     let mut argv = vec![addr.as_str()];
@@ -122,6 +140,9 @@ struct Flood {
     written: u64,
     /// The poll call in which `bytes_written` last grew (the queue made progress).
     progress: Span,
+    /// The reactor's `now` of that turn: with a manual clock, the clock's time of the last
+    /// progress, exactly.
+    progress_at: Instant,
     ended: Option<(Cause, Span)>,
 }
 
@@ -144,6 +165,7 @@ impl Flood {
                 before: now,
                 after: now,
             },
+            progress_at: r.now(),
             ended: None,
         }
     }
@@ -195,6 +217,7 @@ impl Flood {
         if w != self.written {
             self.written = w;
             self.progress = span;
+            self.progress_at = r.now();
         }
         self.observe(r);
         let mut others = Vec::new();
@@ -236,6 +259,84 @@ impl Flood {
                 self.written
             );
         }
+    }
+
+    /// Stepped time: turns at the clock's standing time until [`util::QUIET`] of real time
+    /// passed with no progress and no event: the kernel takes nothing more. Returns the
+    /// events of other connections.
+    #[track_caller]
+    fn settle(&mut self, r: &mut Reactor) -> Vec<Event> {
+        let end = Instant::now() + SOCKET_WAIT;
+        let mut others = Vec::new();
+        let mut quiet = Duration::ZERO;
+        while quiet < util::QUIET && self.ended.is_none() {
+            assert!(
+                Instant::now() < end,
+                "never quiet (written {})",
+                self.written
+            );
+            let (t, written, os) = (Instant::now(), self.written, r.stats().os_events);
+            let evs = self.turn(r, ms(5));
+            let idle = evs.is_empty() && self.written == written && r.stats().os_events == os;
+            others.extend(evs);
+            quiet = if idle {
+                quiet + t.elapsed()
+            } else {
+                Duration::ZERO
+            };
+        }
+        others
+    }
+
+    /// Stepped time: move the clock by `by`, then [`settle`](Flood::settle).
+    #[track_caller]
+    fn step(&mut self, r: &mut Reactor, clock: &Clock, by: Duration) -> Vec<Event> {
+        clock.advance(by);
+        self.settle(r)
+    }
+
+    /// Stepped time: move the clock to 1 ms before the stall deadline (`stall` after the
+    /// turn in which the queue last made progress; should the kernel still take bytes on
+    /// the way, the deadline moves with them), check that nothing ended there, then 1 ms
+    /// on: the connection must end in that very turn as a slow peer stalled for exactly
+    /// `stall`, with everything it had queued.
+    #[track_caller]
+    fn expect_slow_peer_exactly_at_stall(
+        &mut self,
+        r: &mut Reactor,
+        clock: &Clock,
+        stall: Duration,
+    ) {
+        while clock.now() + ms(1) < self.progress_at + stall {
+            let others = self.step(r, clock, self.progress_at + stall - ms(1) - clock.now());
+            assert!(others.is_empty(), "unexpected events: {others:?}");
+            assert!(
+                self.ended.is_none(),
+                "ended {:?} after the last progress, before the stall timeout {stall:?}: {:?}",
+                clock.now() - self.progress_at,
+                self.ended
+            );
+        }
+        assert_eq!(clock.now() + ms(1), self.progress_at + stall);
+        let queued = r.queued(self.conn).expect("open");
+        assert!(queued > 0, "nothing queued: not the scenario");
+        clock.advance(ms(1));
+        let others = self.turn(r, Duration::ZERO);
+        assert!(others.is_empty(), "unexpected events: {others:?}");
+        let (cause, _) = self.ended.clone().unwrap_or_else(|| {
+            panic!(
+                "no SlowPeer at the stall deadline (written {})",
+                self.written
+            )
+        });
+        assert_eq!(
+            cause,
+            Cause::SlowPeer {
+                queued,
+                stalled_for: stall
+            }
+        );
+        assert_eq!(r.now() - self.progress_at, stall);
     }
 }
 
@@ -427,10 +528,84 @@ fn stopped_peer_queue_stays_under_hard_limit_and_ends_as_slow_peer_after_stall()
     );
 }
 
-// -------------------------------------------------------------------------------------
-// 2. The stopped peer resumes before the stall timeout: Writable, and every byte arrives
-//    once, in order.
+/// Stepped-time twin of the test above (which stays in real time as the end-to-end proof,
+/// with its margins): the stall clock counts from the last progress, exactly. The peer is
+/// an in-process socket with small buffers that nobody reads. Halfway to the stall
+/// timeout it reads what waits, so the kernel takes more of our queue: the first deadline
+/// passes without a verdict (the timer finds progress and re-arms), and the connection
+/// ends as a slow peer exactly one stall timeout after that progress, not a millisecond
+/// earlier, with `stalled_for` equal to the timeout and everything it had queued.
+#[test]
+fn slow_peer_is_cut_exactly_one_stall_timeout_after_the_last_progress() {
+    let _serial = serial();
+    const STALL: Duration = Duration::from_millis(500);
+    let out = OutboundConfig::watermarks(64 * KIB, 256 * KIB)
+        .hard_limit(4 * MIB, OverflowPolicy::Reject)
+        .on_stall(STALL);
+    let (mut r, clock) = manual_reactor(ReactorConfig::default());
+    let cfg = ConnConfig::default().outbound(out).send_buffer(64 * KIB);
+    let l = r.listen("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    let addr = r.local_addr(l).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * KIB).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut peer: TcpStream = sock.into();
+    peer.set_nonblocking(true).unwrap();
+    let mut log = Vec::new();
+    let (ev, _) = expect_event(&mut r, &mut log, SOCKET_WAIT, "Accepted", |e| {
+        matches!(e, Event::Accepted { .. })
+    });
+    let conn = ev.conn().unwrap();
 
+    let mut f = Flood::new(&r, conn, 64 * KIB);
+    assert_eq!(f.fill(&mut r, MIB), MIB);
+    let t0 = clock.now();
+    let others = f.settle(&mut r); // the kernel takes what fits, all at t0
+    assert!(others.is_empty(), "unexpected events: {others:?}");
+    assert!(f.written > 0, "the kernel took nothing: not the scenario");
+    assert_eq!(f.progress_at, t0);
+
+    // Halfway to the deadline the peer reads what waits, until the kernel takes more of
+    // our queue (a socket-level wait: the clock stands still meanwhile).
+    f.step(&mut r, &clock, STALL / 2);
+    assert!(f.ended.is_none(), "{:?}", f.ended);
+    let (written, end) = (f.written, Instant::now() + SOCKET_WAIT);
+    let mut buf = vec![0u8; 256 * KIB];
+    while f.written == written {
+        assert!(Instant::now() < end, "no progress after the peer read");
+        match peer.read(&mut buf) {
+            Ok(n) => assert!(n > 0, "EOF"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("peer read: {e}"),
+        }
+        assert!(f.turn(&mut r, ms(5)).is_empty());
+    }
+    assert!(f.settle(&mut r).is_empty());
+    assert_eq!(
+        f.progress_at,
+        t0 + STALL / 2,
+        "progress at the clock's time"
+    );
+
+    // The first deadline passes: the stall timer fires, finds progress, re-arms.
+    assert!(f.step(&mut r, &clock, t0 + STALL - clock.now()).is_empty());
+    assert!(
+        f.ended.is_none(),
+        "cut at the first deadline: {:?}",
+        f.ended
+    );
+    f.expect_slow_peer_exactly_at_stall(&mut r, &clock, STALL);
+    assert_eq!(r.stats().bytes_queued, 0);
+}
+
+// -------------------------------------------------------------------------------------
+// 2. The stopped peer resumes just before the stall timeout: Writable, and every byte
+//    arrives once, in order.
+
+/// Stepped time: the clock runs to 1 ms before the stall deadline (the stall timeout after
+/// the queue's last progress) and the peer resumes there: not cut off, `Writable`, and
+/// every byte arrives once, in order. (Was: real time, resumed after a 1 s stall, a third
+/// of the 3 s timeout.)
 #[test]
 fn stopped_peer_that_resumes_in_time_gets_every_byte_in_order() {
     let _serial = serial();
@@ -439,18 +614,15 @@ fn stopped_peer_that_resumes_in_time_gets_every_byte_in_order() {
     let out = OutboundConfig::watermarks(64 * KIB, 256 * KIB)
         .hard_limit(HARD, OverflowPolicy::Reject)
         .on_stall(STALL);
-    let (mut r, conn, mut peer) = reactor_with_peer(
-        ReactorConfig::default(),
-        ConnConfig::default().outbound(out),
-        &["sink"],
-    );
+    let (mut r, clock, conn, mut peer) =
+        stepped_reactor_with_peer(ConnConfig::default().outbound(out), &["sink"]);
     peer.signal("STOP");
     // Odd-sized chunks, so chunk boundaries never line up with the pattern or the queue.
     let mut f = Flood::new(&r, conn, 40_000);
     // Flood (ignoring WriteBlocked, so the hard limit is hit and sends are refused) until
-    // the queue made no progress for 1 s: a real stall, a third of the timeout.
-    f.until_stalled(&mut r, Duration::from_secs(1), Duration::from_secs(20));
-    let stalled_for = f.progress.after.elapsed();
+    // the kernel takes nothing more: 50 ms of real time without progress (a socket-level
+    // wait; the clock stands still).
+    f.until_stalled(&mut r, ms(50), Duration::from_secs(20));
     let queued_at_stall = r.queued(conn).unwrap();
     assert!(f.refused > 0, "the hard limit was never hit");
     assert!(f.write_blocked >= 1, "no WriteBlocked");
@@ -461,6 +633,14 @@ fn stopped_peer_that_resumes_in_time_gets_every_byte_in_order() {
     assert!(f.max_queued <= HARD, "queued {} > {HARD}", f.max_queued);
     assert!(f.max_total_queued <= HARD as u64);
     let writable_before = f.writable;
+    // The clock runs to 1 ms before the stall deadline: no verdict.
+    while clock.now() + ms(1) < f.progress_at + STALL {
+        let others = f.step(&mut r, &clock, f.progress_at + STALL - ms(1) - clock.now());
+        assert!(others.is_empty(), "unexpected events: {others:?}");
+        assert!(f.ended.is_none(), "cut before the deadline: {:?}", f.ended);
+    }
+    let stalled_for = clock.now() - f.progress_at;
+    assert_eq!(stalled_for, STALL - ms(1));
 
     let resumed = Instant::now();
     peer.signal("CONT");
@@ -492,7 +672,7 @@ fn stopped_peer_that_resumes_in_time_gets_every_byte_in_order() {
     assert_eq!(cause, Cause::Closed);
     let sink = peer.expect_line("SINK", Duration::from_secs(20));
     eprintln!(
-        "resumed peer: stalled {:.0} ms with {queued_at_stall} B queued ({} refusals), \
+        "resumed peer: stalled {:.0} ms (clock) with {queued_at_stall} B queued ({} refusals), \
          Writable {:.0} ms after SIGCONT; closed with {queued_at_close} B queued; \
          sent {} B; peer: SINK {sink}",
         stalled_for.as_secs_f64() * 1e3,
@@ -619,6 +799,14 @@ fn paused_reading_still_reports_peer_death_with_unread_data_as_reset() {
 // -------------------------------------------------------------------------------------
 // Regression: the stall clock must not count time in which the owner did not run the loop.
 
+/// Stepped time: the owner is busy for twice the stall timeout without running the loop
+/// (the clock jumps with no turn; this *is* the scenario), then queues 8 MiB for a stopped
+/// peer: more than its kernel buffers take (~4 MiB), so the queue stays non-empty and the
+/// stall clock runs from there. The connection ends as a slow peer exactly one stall
+/// timeout after the queue's last progress, with `stalled_for` equal to the timeout;
+/// counting the owner's busy time would cut it in the first turns, stalled for twice that.
+/// (Was: a real 600 ms sleep; SlowPeer at least 300 ms after the last progress, and
+/// `stalled_for` at most the time since queuing.)
 #[test]
 fn owner_busy_between_turns_does_not_make_a_fresh_queue_look_stalled() {
     let _serial = serial();
@@ -626,53 +814,31 @@ fn owner_busy_between_turns_does_not_make_a_fresh_queue_look_stalled() {
     let out = OutboundConfig::watermarks(64 * KIB, 256 * KIB)
         .hard_limit(16 * MIB, OverflowPolicy::Reject)
         .on_stall(STALL);
-    let (mut r, conn, peer) = reactor_with_peer(
-        ReactorConfig::default(),
-        ConnConfig::default().outbound(out),
-        &["sink"],
-    );
+    let (mut r, clock, conn, peer) =
+        stepped_reactor_with_peer(ConnConfig::default().outbound(out), &["sink"]);
     peer.signal("STOP");
     let mut f = Flood::new(&r, conn, 64 * KIB);
     f.turn(&mut r, ms(1));
-    // The owner is busy for twice the stall time without running the loop (this sleep
-    // *is* the scenario), then queues 8 MiB: more than the stopped peer's kernel buffers
-    // take (~4 MiB), so the queue stays non-empty and the stall clock runs from here on.
-    thread::sleep(STALL * 2);
-    let queued_at = Instant::now();
+    clock.advance(STALL * 2); // the owner is busy elsewhere
+    let queued_at = clock.now();
     assert_eq!(f.fill(&mut r, 8 * MIB), 8 * MIB);
-    turn_until(
-        &mut r,
-        &mut f,
-        Duration::from_secs(10),
-        "Disconnected",
-        |_, f| f.ended.is_some(),
-    );
-    let (cause, span) = f.ended.clone().unwrap();
-    let after = span.after - queued_at;
-    let since_progress = span.after - f.progress.before;
-    eprintln!(
-        "owner busy {STALL:?}x2, then 8 MiB queued: {cause:?} {:.1} ms after queuing, \
-         <= {:.1} ms after the last progress ({:.2} MiB written)",
-        after.as_secs_f64() * 1e3,
-        since_progress.as_secs_f64() * 1e3,
-        f.written as f64 / MIB as f64,
+    let others = f.settle(&mut r);
+    assert!(others.is_empty(), "unexpected events: {others:?}");
+    assert!(
+        f.ended.is_none(),
+        "cut in the turns right after queuing: {:?}",
+        f.ended
     );
     assert!(f.written > 0, "the kernel took nothing: not the scenario");
-    assert!(
-        matches!(cause, Cause::SlowPeer { .. }),
-        "expected SlowPeer, got {cause:?}"
+    assert!(f.progress_at >= queued_at);
+    f.expect_slow_peer_exactly_at_stall(&mut r, &clock, STALL);
+    eprintln!(
+        "owner busy {STALL:?}x2, then 8 MiB queued: {:?} {:?} (clock) after queuing \
+         ({:.2} MiB written)",
+        f.ended.as_ref().map(|e| &e.0),
+        r.now() - queued_at,
+        f.written as f64 / MIB as f64,
     );
-    // The queue was non-empty only since `queued_at`, and the kernel took bytes after it.
-    assert!(
-        since_progress >= STALL,
-        "SlowPeer {since_progress:?} after the last progress (stall {STALL:?})"
-    );
-    if let Cause::SlowPeer { stalled_for, .. } = cause {
-        assert!(
-            stalled_for <= after,
-            "stalled_for {stalled_for:?} counts time before anything was queued ({after:?})"
-        );
-    }
 }
 
 // -------------------------------------------------------------------------------------
@@ -1111,6 +1277,53 @@ fn close_with_a_stalled_queue_ends_as_slow_peer_when_linger_runs_out() {
     assert_eq!(r.stats().bytes_queued, 0);
 }
 
+/// Stepped-time twin of the test above (which stays in real time as the end-to-end proof,
+/// with its margins): a close with a stalled queue ends exactly when linger runs out, not a
+/// millisecond before, as a slow peer with everything still queued and `stalled_for` equal
+/// to the linger (the queue made no progress in all that time).
+#[test]
+fn close_with_a_stalled_queue_is_slow_peer_exactly_when_linger_runs_out() {
+    let _serial = serial();
+    const LINGER: Duration = Duration::from_millis(300);
+    const HARD: usize = 2 * MIB;
+    // No stall timeout: only linger can end it.
+    let out =
+        OutboundConfig::watermarks(64 * KIB, 256 * KIB).hard_limit(HARD, OverflowPolicy::Reject);
+    let (mut r, clock, conn, peer) = stepped_reactor_with_peer(
+        ConnConfig::default().outbound(out).linger(LINGER),
+        &["sink"],
+    );
+    peer.signal("STOP");
+    let mut f = Flood::new(&r, conn, 64 * KIB);
+    f.until_stalled(&mut r, ms(50), Duration::from_secs(20));
+    f.fill(&mut r, usize::MAX);
+    let closed_at = clock.now();
+    assert!(r.close(conn));
+    assert!(f.settle(&mut r).is_empty());
+    let others = f.step(&mut r, &clock, LINGER - ms(1));
+    assert!(others.is_empty(), "unexpected events: {others:?}");
+    assert!(
+        f.ended.is_none(),
+        "ended before linger ran out: {:?}",
+        f.ended
+    );
+    assert_eq!(f.progress_at, closed_at, "progress while stopped?");
+    let queued = r.queued(conn).unwrap();
+    assert!(queued > HARD - f.chunk, "queue not full: {queued}");
+    clock.advance(ms(1));
+    assert!(f.turn(&mut r, Duration::ZERO).is_empty());
+    let (cause, _) = f.ended.clone().expect("no end when linger ran out");
+    assert_eq!(
+        cause,
+        Cause::SlowPeer {
+            queued,
+            stalled_for: LINGER
+        }
+    );
+    assert_eq!(r.now() - closed_at, LINGER);
+    assert_eq!(r.stats().bytes_queued, 0);
+}
+
 // -------------------------------------------------------------------------------------
 // The reactor-wide cap (`ReactorConfig::total_queued_limit`), and abort dropping a queue.
 
@@ -1148,17 +1361,18 @@ fn total_queued_limit_spans_connections_with_either_policy() {
         }
         assert_eq!(r.stats().bytes_queued, (MIB + MIB / 2) as u64);
         // b's own queue is at half its limit, but the reactor's cap is reached.
-        assert_eq!(
-            r.send(b, chunk.clone()),
-            Err(SendError::Full {
-                queued: MIB / 2,
-                len: CHUNK
-            }),
-            "{policy:?}: the cap across connections"
-        );
-        assert_eq!(r.stats().sends_rejected, 2);
+        let over_cap = r.send(b, chunk.clone());
         match policy {
             OverflowPolicy::Reject => {
+                assert_eq!(
+                    over_cap,
+                    Err(SendError::Full {
+                        queued: MIB / 2,
+                        len: CHUNK
+                    }),
+                    "Reject: the cap across connections"
+                );
+                assert_eq!(r.stats().sends_rejected, 2);
                 assert!(r.is_open(b));
                 // Abort drops a's queue at once, and the cap has room again.
                 assert!(r.abort(a));
@@ -1175,20 +1389,23 @@ fn total_queued_limit_spans_connections_with_either_policy() {
                     }
                 );
             }
-            OverflowPolicy::Disconnect => {
-                // The connection the send was for is cut off; the other is untouched.
-                assert!(!r.is_open(b));
-                assert!(r.is_open(a));
-                assert_eq!(r.stats().bytes_queued, MIB as u64);
-                let (ev, _) = expect_event(&mut r, &mut log, ms(5000), "b's end", |e| {
+            _ => {
+                // Disconnect: the connection holding the memory (a, 1 MiB) is cut, and
+                // b's send goes through (it once cut b, whose send merely met the cap).
+                assert_eq!(over_cap, Ok(()), "Disconnect: room made by cutting a");
+                assert_eq!(r.stats().sends_rejected, 1);
+                assert!(!r.is_open(a));
+                assert!(r.is_open(b));
+                assert_eq!(r.stats().bytes_queued, (MIB / 2 + CHUNK) as u64);
+                let (ev, _) = expect_event(&mut r, &mut log, ms(5000), "a's end", |e| {
                     matches!(e, Event::Disconnected { .. })
                 });
                 assert_eq!(
                     ev,
                     Event::Disconnected {
-                        conn: b,
+                        conn: a,
                         cause: Cause::SlowPeer {
-                            queued: MIB / 2,
+                            queued: MIB,
                             stalled_for: Duration::ZERO
                         }
                     }

@@ -17,7 +17,9 @@
 //! threads of this process would disturb.
 //!
 //! The mapping of kernel errors to causes is unit-tested in `src/cause.rs`; this file tests
-//! that the reactor gets there over real sockets.
+//! that the reactor gets there over real sockets. The causes that come from a timer (the
+//! connect timeout, linger) are tested in stepped time (a manual `Clock`, see `tests/util`):
+//! exactly at the deadline, nothing a millisecond before.
 //!
 //! Run: `cargo test --test disconnect -- --nocapture`.
 
@@ -34,7 +36,10 @@ use bytes::Bytes;
 use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, ProtocolError, Reactor, ReactorConfig, SendError,
 };
-use util::{Proc, cpu_time_of, example_bin, expect_event, tcp_queues};
+use util::{
+    Proc, advance, cpu_time_of, example_bin, expect_event, manual_reactor, step, tcp_queues, turn,
+    turn_until,
+};
 
 /// The detection bound the issue gives: a peer process that went away is reported within
 /// 100 ms of the event.
@@ -316,28 +321,33 @@ fn full_listener() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
     (l, fillers, addr)
 }
 
+/// Stepped time: a connect that is never answered (the listener's full accept queue drops
+/// our SYNs) ends as `ConnectTimeout` exactly at its 300 ms timeout, not a millisecond
+/// before. (Was: real time, between 300 and 500 ms.)
 #[test]
 fn connect_not_answered_is_connect_timeout() {
     let _s = serial();
     let (_listener, fillers, addr) = full_listener();
     println!("accept queue full after {} connects", fillers.len());
-    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
+    let (mut r, clock) = manual_reactor(ReactorConfig::default());
     let mut log = Vec::new();
     let timeout = Duration::from_millis(300);
-    let t0 = Instant::now();
+    let t0 = clock.now();
     let conn = r
         .connect(addr, ConnConfig::default().connect_timeout(Some(timeout)))
         .unwrap();
-    let (_, cause, lat) = disconnected(&mut r, &mut log, Some(conn), t0);
-    assert_eq!(cause, Cause::ConnectTimeout, "events: {log:?}");
-    println!(
-        "LATENCY connect timeout 300 ms -> ConnectTimeout: {:.3} ms",
-        ms(lat)
-    );
-    assert!(lat >= timeout, "timed out early: {lat:?}");
-    assert!(
-        lat < timeout + Duration::from_millis(200),
-        "timed out late: {lat:?}"
+    let evs = step(&mut r, &clock, timeout - Duration::from_millis(1), &mut log);
+    assert!(evs.is_empty(), "before the timeout: {evs:?}");
+    assert!(r.is_open(conn));
+    let evs = advance(&mut r, &clock, Duration::from_millis(1), &mut log);
+    assert_eq!(
+        evs,
+        [Event::Disconnected {
+            conn,
+            cause: Cause::ConnectTimeout
+        }],
+        "at the timeout ({:?} of clock time)",
+        clock.now() - t0
     );
 }
 
@@ -407,6 +417,55 @@ fn close_with_1_mib_queued_delivers_every_byte_then_fin() {
         "the peer should see a FIN, not an error: {:?}",
         p.seen
     );
+}
+
+/// Stepped time: a close whose peer takes every byte but never sends its own FIN ends as
+/// `Closed` exactly when the linger (5 s by default) runs out, not a millisecond before;
+/// the peer has everything, then our FIN.
+#[test]
+fn close_whose_peer_never_finishes_ends_closed_exactly_when_linger_runs_out() {
+    let _s = serial();
+    let linger = ConnConfig::default().linger;
+    assert_eq!(linger, Duration::from_secs(5));
+    let (mut r, clock) = manual_reactor(ReactorConfig::default());
+    let l = r
+        .listen("127.0.0.1:0".parse().unwrap(), ConnConfig::default())
+        .unwrap();
+    let mut peer = TcpStream::connect(r.local_addr(l).unwrap()).unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut log = Vec::new();
+    turn_until(&mut r, &mut log, "Accepted", |_, log| {
+        log.iter().any(|e| matches!(e, Event::Accepted { .. }))
+    });
+    let conn = log[0].conn().unwrap();
+    const TOTAL: usize = 256 * 1024;
+    r.send(conn, pattern(0, TOTAL)).unwrap();
+    let closed_at = clock.now();
+    assert!(r.close(conn));
+    // The peer reads everything and our FIN (a socket-level wait: the clock stands still).
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        turn(&mut r, &mut log, Duration::ZERO);
+        match peer.read(&mut buf).expect("the peer reads") {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(got == pattern(0, TOTAL), "the peer got other bytes");
+    assert_eq!(r.queued(conn), Some(0));
+    let evs = step(&mut r, &clock, linger - Duration::from_millis(1), &mut log);
+    assert!(evs.is_empty(), "before linger ran out: {evs:?}");
+    assert!(r.is_open(conn), "waiting for the peer's FIN");
+    let evs = advance(&mut r, &clock, Duration::from_millis(1), &mut log);
+    assert_eq!(
+        evs,
+        [Event::Disconnected {
+            conn,
+            cause: Cause::Closed
+        }]
+    );
+    assert_eq!(r.now() - closed_at, linger);
 }
 
 // ------------------------------------------------------------------ bad input
@@ -691,7 +750,12 @@ impl Ledger {
             match ev {
                 Event::Accepted { conn, peer, .. } => {
                     assert!(self.accepted.insert(conn), "{conn} reused");
-                    assert!(self.fresh.insert(peer.tcp().expect("a TCP peer"), conn).is_none(), "{peer} twice");
+                    assert!(
+                        self.fresh
+                            .insert(peer.tcp().expect("a TCP peer"), conn)
+                            .is_none(),
+                        "{peer} twice"
+                    );
                 }
                 Event::Disconnected { conn, cause } => {
                     self.ended.insert(conn, cause);

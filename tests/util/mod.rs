@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: spawning peer processes (the `peer` and other
-//! examples) and driving a reactor until an event shows up.
+//! examples), driving a reactor until an event shows up, and stepped time (a reactor on a
+//! manual clock: see the section at the end).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -9,7 +10,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use heartloop::{Event, Reactor};
+use heartloop::{Clock, Event, Reactor, ReactorConfig};
 
 /// Path of an example binary (`peer`, `echo`, ...), built once per test process with
 /// `cargo build --example` in the test's own profile, so that an example edited since
@@ -298,4 +299,107 @@ pub fn tcp_queues(local: std::net::SocketAddr) -> Option<(u64, u64)> {
             u64::from_str_radix(rx, 16).ok()?,
         ))
     })
+}
+
+// ------------------------------------------------------------------ stepped time
+//
+// A reactor on a manual clock (`Clock::manual`) runs its deadlines (connect timeout, stall,
+// linger, heartbeat, user timers) at the clock's time and its sockets in real time. These
+// helpers keep the two apart: the clock moves only when a test says so (`advance`, `step`);
+// between moves the reactor turns at the clock's standing time until what the sockets were
+// doing has arrived. Real time only bounds those waits against a hang
+// ([`SOCKET_WAIT`]): it is never a tolerance of an assertion.
+
+/// Hang guard for socket-level waits in stepped-time tests (bytes crossing loopback, a
+/// process starting): generous, as it is never a tolerance.
+pub const SOCKET_WAIT: Duration = Duration::from_secs(20);
+
+/// Real time without any OS readiness or event after which [`settle`] takes the sockets to
+/// be quiet.
+pub const QUIET: Duration = Duration::from_millis(20);
+
+/// A reactor on a fresh manual clock. Its timer wheel and heartbeat grid start at the
+/// clock's time zero, so deadlines set at whole-millisecond (whole-slack) offsets from it
+/// are due exactly there.
+pub fn manual_reactor(cfg: ReactorConfig) -> (Reactor, Clock) {
+    let clock = Clock::manual();
+    let r = Reactor::with_clock(cfg, clock.clone()).expect("reactor");
+    (r, clock)
+}
+
+/// One turn at the clock's standing time, waiting at most `wait` of real time for I/O.
+/// Events go to `log`; returns how many came.
+pub fn turn(r: &mut Reactor, log: &mut Vec<Event>, wait: Duration) -> usize {
+    let before = log.len();
+    r.poll(log, Some(wait)).expect("poll");
+    log.len() - before
+}
+
+/// Turns at the clock's standing time until `done(reactor, log)` holds (checked first
+/// without a turn). Each turn waits at most 5 ms of real time for I/O. Panics with the
+/// events seen after [`SOCKET_WAIT`].
+#[track_caller]
+pub fn turn_until(
+    r: &mut Reactor,
+    log: &mut Vec<Event>,
+    what: &str,
+    mut done: impl FnMut(&Reactor, &[Event]) -> bool,
+) {
+    let end = Instant::now() + SOCKET_WAIT;
+    while !done(r, log) {
+        assert!(
+            Instant::now() < end,
+            "no {what} within {SOCKET_WAIT:?} of real time; events: {log:?}"
+        );
+        turn(r, log, Duration::from_millis(5));
+    }
+}
+
+/// Turns at the clock's standing time until [`QUIET`] of real time passed without OS
+/// readiness or an event: what was in flight has arrived (use [`turn_until`] when the test
+/// knows what it waits for). Returns the events of these turns.
+#[track_caller]
+pub fn settle(r: &mut Reactor, log: &mut Vec<Event>) -> Vec<Event> {
+    let start = log.len();
+    let end = Instant::now() + SOCKET_WAIT;
+    let mut quiet = Duration::ZERO;
+    while quiet < QUIET {
+        assert!(
+            Instant::now() < end,
+            "never quiet within {SOCKET_WAIT:?} of real time; events: {log:?}"
+        );
+        let os = r.stats().os_events;
+        let t = Instant::now();
+        let n = turn(r, log, Duration::from_millis(5));
+        if n == 0 && r.stats().os_events == os {
+            quiet += t.elapsed();
+        } else {
+            quiet = Duration::ZERO;
+        }
+    }
+    log[start..].to_vec()
+}
+
+/// Move the manual clock by `by` and run one non-blocking turn at the new time: the
+/// deadlines now due fire in it (after its I/O), and what they write leaves at once.
+/// Returns the events of that turn.
+pub fn advance(r: &mut Reactor, clock: &Clock, by: Duration, log: &mut Vec<Event>) -> Vec<Event> {
+    clock.advance(by);
+    let start = log.len();
+    turn(r, log, Duration::ZERO);
+    log[start..].to_vec()
+}
+
+/// [`advance`], then [`settle`]: returns every event of the step.
+#[track_caller]
+pub fn step(r: &mut Reactor, clock: &Clock, by: Duration, log: &mut Vec<Event>) -> Vec<Event> {
+    let start = log.len();
+    advance(r, clock, by, log);
+    settle(r, log);
+    log[start..].to_vec()
+}
+
+/// The events of `log` that match `pred`.
+pub fn matching(log: &[Event], pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+    log.iter().filter(|e| pred(e)).cloned().collect()
 }
