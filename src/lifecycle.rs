@@ -170,9 +170,34 @@ impl Lifecycle {
         )
     }
 
-    /// Whether a heartbeat ping may be sent (open; not closing).
+    /// Whether a heartbeat ping may be sent: open, or closing before our FIN (a peer that
+    /// reads what we flush can answer, and must, or it would be declared lost mid-close).
     pub(crate) fn may_ping(&self) -> bool {
-        matches!(self.state, State::Open { .. })
+        matches!(
+            self.state,
+            State::Open { .. }
+                | State::Closing {
+                    fin_sent: false,
+                    ..
+                }
+        )
+    }
+
+    /// Whether heartbeats still mean anything: the peer can still send the bytes that
+    /// prove it alive and we can still ping. False once its FIN was seen or read, or ours
+    /// was sent; the reactor then stops the connection's heartbeat (the linger timer, a
+    /// failed write, `TCP_USER_TIMEOUT` or the stall timeout bound what is left).
+    pub(crate) fn heartbeat_applies(&self) -> bool {
+        matches!(
+            self.state,
+            State::Open {
+                peer: PeerSide::Sending,
+                ..
+            } | State::Closing {
+                fin_sent: false,
+                peer_eof: false
+            }
+        )
     }
 
     /// Whether the owner may queue bytes.
@@ -373,11 +398,13 @@ impl Lifecycle {
             | State::Ended => Step::Continue,
             _ if !queued => self.end(Cause::Closed),
             State::Connecting { paused, .. } => {
+                // The linger starts once connected: until then the connect timeout bounds
+                // it, so an unreachable peer ends as ConnectTimeout, not as a slow peer.
                 self.state = State::Connecting {
                     close_requested: true,
                     paused,
                 };
-                Step::Linger
+                Step::Continue
             }
             State::Open { peer, .. } => {
                 self.state = State::Closing {

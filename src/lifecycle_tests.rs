@@ -155,12 +155,12 @@ fn transitions() -> Vec<Row> {
     [CONNECTING, ErrReady, any]   => End(Reset), ENDED;
     [CONNECTING, Eof, any]        => End(PeerClosed), ENDED;
     [CONN, Connect, any]          => Connected, OPEN;
-    [CONN, CloseQ, any]           => Linger, CONN_CL;
+    [CONN, CloseQ, any]           => Continue, CONN_CL; // linger starts once connected
     [CONN, Pause, any]            => Continue, CONN_P;
     [CONN, RdClosed | Data | Ready | Flushed | Resume | Linger0 | Linger10 | HbNothing
          | HbBytes, any]          => Continue, CONN;
     [CONN_P, Connect, any]        => Connected, OPEN_P;
-    [CONN_P, CloseQ, any]         => Linger, CONN_CL_P;
+    [CONN_P, CloseQ, any]         => Continue, CONN_CL_P;
     [CONN_P, Resume, any]         => Continue, CONN;
     [CONN_P, RdClosed | Data | Ready | Flushed | Pause | Linger0 | Linger10 | HbNothing
          | HbBytes, any]          => Continue, CONN_P;
@@ -347,8 +347,8 @@ fn queries_per_state() {
         (FIN_SEEN_P,   false, true,  true,  OK,          false),
         (HALF,         false, false, true,  OK,          false),
         (HALF_P,       false, true,  true,  OK,          false),
-        (CLOSING,      true,  false, false, CLOSING_ERR, false),
-        (CLOSING_EOF,  false, false, false, CLOSING_ERR, false),
+        (CLOSING,      true,  false, true,  CLOSING_ERR, false),
+        (CLOSING_EOF,  false, false, true,  CLOSING_ERR, false),
         (FIN_SENT,     true,  false, false, CLOSING_ERR, false),
         (FIN_SENT_EOF, false, false, false, CLOSING_ERR, false),
         (ENDED,        false, false, false, ENDED_ERR,   false),
@@ -360,6 +360,29 @@ fn queries_per_state() {
             let got = (lc.wants_read(), lc.is_paused(), lc.may_ping(), lc.can_send(), lc.is_connecting());
             assert_eq!(got, (wants_read, paused, may_ping, can_send, connecting), "{state:?} {half_close}");
         }
+    }
+}
+
+/// Heartbeats apply while the peer can still prove it is alive and we can still ping.
+#[test]
+fn heartbeat_applies_per_state() {
+    for (state, applies) in [
+        (CONN, false),
+        (OPEN, true),
+        (OPEN_P, true),
+        (FIN_SEEN, false),
+        (FIN_SEEN_P, false),
+        (HALF, false),
+        (CLOSING, true),
+        (CLOSING_EOF, false),
+        (FIN_SENT, false),
+        (ENDED, false),
+    ] {
+        let lc = Lifecycle {
+            state,
+            half_close: true,
+        };
+        assert_eq!(lc.heartbeat_applies(), applies, "{state:?}");
     }
 }
 
@@ -522,7 +545,13 @@ impl Sim {
                 self.fail(format!("FIN from {fact:?}, sent already or no close"));
             }
             Step::Fin => self.fin_sent = true,
-            Step::Connected => self.started = true,
+            Step::Connected => {
+                self.started = true;
+                // The reactor starts the linger of a close made while connecting.
+                if self.lc().can_send().is_err() {
+                    self.linger_armed = true;
+                }
+            }
             _ => {}
         }
         step
@@ -607,7 +636,9 @@ impl Sim {
             Act::Send if self.lc().can_send().is_ok() => self.outq += 1,
             Act::Close => {
                 let fact = [Fact::Close, Fact::CloseQ][usize::from(self.outq > 0)];
-                if matches!(self.fact(fact), Step::Linger | Step::End(_)) {
+                self.fact(fact);
+                // Accepted: closing now (a close while connecting lingers once connected).
+                if self.lc().can_send().is_err() {
                     self.close_accepted = true;
                 }
             }

@@ -384,6 +384,12 @@ impl OutboundQueue {
         (since >= timeout).then_some(since)
     }
 
+    /// How long the non-empty queue has gone without progress at `now` (`None` when
+    /// empty), whether or not a stall timeout is set.
+    pub fn since_progress(&self, now: Instant) -> Option<Duration> {
+        Some(now.saturating_duration_since(self.last_progress?))
+    }
+
     /// Drops everything (abort) and returns the number of bytes dropped.
     /// Resets the watermark state and stops the stall clock.
     pub fn clear(&mut self) -> usize {

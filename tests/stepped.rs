@@ -1,9 +1,8 @@
 //! Time handling of the reactor that looked wrong under stepped time (a manual [`Clock`]:
 //! real sockets, a clock that moves only when the test says so; see `tests/util`).
 //!
-//! Each test states what the reactor should do and fails on the reactor as it is; they are
-//! `#[ignore]`d so that the suite stays green until the reactor is fixed. Run them with
-//! `cargo test --test stepped -- --ignored`.
+//! Each test states what the reactor should do; each failed on the reactor it was written
+//! against (regression tests for the defects stepped time found).
 
 mod util;
 
@@ -57,7 +56,6 @@ fn with_a_peer_that_does_not_read(
 /// the system clock it is a busy loop: `poll(None)` after such a close made 210,882 turns
 /// in one second (debug build).
 #[test]
-#[ignore = "reactor bug: a closing heartbeat connection with a ping due makes the loop spin"]
 fn a_closing_connection_with_a_ping_due_does_not_make_the_loop_spin() {
     let cfg = ConnConfig::default()
         .framing(Framing::length_delimited(1 << 20))
@@ -102,7 +100,6 @@ fn a_closing_connection_with_a_ping_due_does_not_make_the_loop_spin() {
 /// prove itself alive) leaves the connection's deadline in the past, re-pushed as it was,
 /// and every turn finds it due again.
 #[test]
-#[ignore = "reactor bug: a suppressed heartbeat verdict makes the loop spin"]
 fn a_suppressed_heartbeat_verdict_does_not_make_the_loop_spin() {
     let cfg = ConnConfig::default()
         .framing(Framing::length_delimited(1 << 20))
@@ -130,7 +127,6 @@ fn a_suppressed_heartbeat_verdict_does_not_make_the_loop_spin() {
 /// that timeout). Here the peer takes bytes 10 ms before linger runs out, and the cause
 /// says the queue had made no progress for 300 ms.
 #[test]
-#[ignore = "reactor bug: SlowPeer after linger reports the linger as stalled_for"]
 fn slow_peer_after_linger_reports_the_real_stall() {
     const LINGER: Duration = Duration::from_millis(300);
     let out = OutboundConfig::watermarks(64 * 1024, 256 * 1024)
@@ -205,7 +201,7 @@ fn exchange(a: &mut Reactor, alog: &mut Vec<Event>, b: &mut Reactor, blog: &mut 
     }
 }
 
-/// While closing, the reactor stops pinging (`may_ping` is false) but keeps the heartbeat
+/// While closing, the reactor stopped pinging (`may_ping` was false) but kept the heartbeat
 /// verdict: a peer that speaks only when pinged (it answers pings, as a peer without a
 /// heartbeat of its own does) falls silent because of the close, and the lingering close
 /// to it ends as `HeartbeatTimeout` ("lost") one timeout after its last pong, though it is
@@ -213,7 +209,6 @@ fn exchange(a: &mut Reactor, alog: &mut Vec<Event>, b: &mut Reactor, blog: &mut 
 /// connected: the pings reach it between messages and it answers. The close should end
 /// `Closed` once the peer has everything (or `SlowPeer` if linger runs out).
 #[test]
-#[ignore = "reactor bug: a lingering close stops the pings but not the heartbeat verdict"]
 fn a_lingering_close_to_a_slow_reader_that_answers_pings_is_not_a_heartbeat_timeout() {
     const MSGS: usize = 32;
     const MSG: usize = 64 * 1024;
@@ -282,16 +277,27 @@ fn a_lingering_close_to_a_slow_reader_that_answers_pings_is_not_a_heartbeat_time
         client.stats().bytes_read,
         MSGS * (MSG + 5)
     );
-    assert_eq!(end, Some(Cause::Closed), "the peer was taking our bytes");
+    // Everything reached the peer's kernel and our FIN followed. The peer here is a paused
+    // reactor: it reports our FIN at once and drops its socket with our last bytes unread,
+    // so its kernel may answer with a reset (`Reset`) rather than a FIN (`Closed`). Either
+    // is the peer's doing; what must not happen is "lost" or "too slow".
+    assert!(
+        matches!(end, Some(Cause::Closed | Cause::Reset)),
+        "the peer was taking our bytes: {end:?}"
+    );
+    assert!(
+        server.stats().bytes_written >= (MSGS * (MSG + 5)) as u64,
+        "not everything was written: {}",
+        server.stats().bytes_written
+    );
 }
 
-/// A close while the connect is still in progress starts the linger timer at once
+/// A close while the connect was still in progress started the linger timer at once
 /// (`Step::Linger` in `Connecting { close_requested }`), so the linger (5 s by default)
 /// runs out before the connect timeout (10 s by default) and a connection that never
 /// connected ends as `SlowPeer { queued, stalled_for: 5 s }`: "the peer does not drain"
 /// for a peer that was never reached. Its cause should say the connect did not complete.
 #[test]
-#[ignore = "reactor bug: close while connecting to an unreachable peer ends as SlowPeer"]
 fn close_while_connecting_to_an_unreachable_peer_is_a_connect_timeout() {
     use socket2::{Domain, Socket, Type};
     // A listener that never accepts, with its accept queue full: our SYNs are dropped.

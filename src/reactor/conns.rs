@@ -431,6 +431,14 @@ impl Reactor {
             Step::Connected => {
                 self.stats.connected += 1;
                 self.pending.push(Event::Connected { conn: id });
+                if self
+                    .table
+                    .conn(id)
+                    .is_some_and(|c| c.lc.can_send().is_err())
+                {
+                    // `close` was called while connecting: its linger starts now.
+                    self.obey(id, Step::Linger);
+                }
                 self.start_heartbeat(id);
                 if self.table.conn(id).is_some_and(|c| !c.out.is_empty()) {
                     self.mark_dirty(id);
@@ -461,6 +469,10 @@ impl Reactor {
             Step::Fin => {
                 if let Some(c) = self.table.conn_mut(id) {
                     let _ = c.sock.shutdown(Shutdown::Write);
+                    // No ping can follow our FIN: the heartbeat ends; linger bounds the rest.
+                    if c.live.take().is_some() {
+                        self.heartbeat_conns -= 1;
+                    }
                 }
             }
             Step::End(cause) => self.end(id, cause),

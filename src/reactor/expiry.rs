@@ -88,8 +88,8 @@ impl Reactor {
                 Timeout::Linger(id) => {
                     if let Some(c) = self.table.conn_mut(id) {
                         c.linger_timer = None;
-                        let cfg = c.cfg.outbound;
-                        let stalled_for = c.out.stalled(&cfg, self.now).unwrap_or(c.cfg.linger);
+                        // How long the queue really made no progress (not the linger).
+                        let stalled_for = c.out.since_progress(self.now).unwrap_or_default();
                         let step = c.lc.on_linger_expired(c.out.queued(), stalled_for);
                         self.obey(id, step);
                     }
@@ -144,6 +144,13 @@ impl Reactor {
             let Some(live) = c.live else {
                 continue;
             };
+            if !c.lc.heartbeat_applies() {
+                // No verdict and no ping can come any more: stop, or its deadline, past
+                // and never moved, would be due every turn (a spinning loop).
+                c.live = None;
+                self.heartbeat_conns -= 1;
+                continue;
+            }
             match live.poll(now) {
                 Verdict::Alive => {}
                 Verdict::Expired { .. } => {
@@ -159,7 +166,13 @@ impl Reactor {
                         self.obey(id, step);
                     }
                 }
-                Verdict::PingDue if !c.lc.may_ping() => {} // closing: no more sends
+                Verdict::PingDue if !c.lc.may_ping() => {
+                    // Cannot happen while heartbeat_applies; count it as sent so its
+                    // deadline moves on whatever happens.
+                    if let Some(l) = c.live.as_mut() {
+                        l.on_ping(now);
+                    }
+                }
                 Verdict::PingDue => {
                     if let Some(l) = c.live.as_mut() {
                         // The ping counts as sent now, whether or not it leaves at once.
