@@ -125,6 +125,12 @@ impl Reactor {
 
     /// A reactor that owns its `mio::Poll` and reads time from `clock`: with
     /// [`Clock::manual`], tests and simulations step time instead of sleeping.
+    ///
+    /// On a manual clock the OS poll still waits in real time: `poll(.., None)` (or a
+    /// timeout) sleeps for the *manual* distance to the next deadline, which the manual
+    /// clock will not cover by itself. Step time with `clock.advance(..)` and run turns
+    /// with `poll(.., Some(Duration::ZERO))` (or a short real timeout to let bytes cross a
+    /// socket).
     pub fn with_clock(cfg: ReactorConfig, clock: Clock) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
