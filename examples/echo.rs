@@ -1,33 +1,112 @@
 //! `cargo run --release --example echo -- --addr 127.0.0.1:7000`
 //!
-//! An echo server for any byte stream and any number of connections (Raw framing). It logs
-//! every connect and disconnect with its cause (`RUST_LOG=debug` for more), and it
+//! An echo server for any number of connections. It logs every connect and disconnect with
+//! its cause (`RUST_LOG=debug` for more, `RUST_LOG=warn` for none of that), and it
 //! propagates backpressure: when a client stops reading, its queue crosses the high
 //! watermark and the server stops reading *from that client* until the queue drains, so a
 //! client that sends without reading cannot grow the server's memory.
 //!
-//! Options: `--addr HOST:PORT` (default 127.0.0.1:7000), `--heartbeat-ms N` (send
-//! `HeartbeatDue`-driven nothing: Raw echo has no ping of its own, so this only detects
-//! silent peers after 3 × N ms), `--stats-secs N` (print counters every N s; 0 = never).
+//! Options:
+//!
+//! * `--addr HOST:PORT`: where to listen (default 127.0.0.1:7000).
+//! * `--framing raw|ld[:MAX]`: `raw` (the default) echoes any byte stream as it arrives;
+//!   `ld` cuts it into length-delimited frames (`Framing::length_delimited(MAX)`: a 4-byte
+//!   big-endian length, a kind byte 0 = data, 1 = ping, 2 = pong, then the payload; MAX
+//!   defaults to 1 MiB, a longer frame ends the connection as a protocol error). The
+//!   reactor answers pings with pongs itself; every data frame is echoed as a data frame.
+//! * `--heartbeat-ms N`: declare a peer lost after 3 × N ms of silence. With `ld` framing
+//!   the reactor also pings a quiet peer every N ms; with `raw` the echo has no ping of its
+//!   own, so this only detects silent peers.
+//! * `--max-queued BYTES`: each connection's outbound hard limit (default 4 MiB); a client
+//!   whose echo would queue more is cut as a slow peer. The watermarks that pause and
+//!   resume reading become at most a quarter and a sixteenth of it (by default 256 KiB
+//!   and 64 KiB), and the read budget per turn at most an eighth (256 KiB): reading goes
+//!   on for up to two read passes after the queue crosses the high watermark (the pause
+//!   takes effect when the owner sees `WriteBlocked`), each at most the budget plus one
+//!   64 KiB read, so from 256 KiB up a client that reads slowly is paused, not cut.
+//! * `--max-total-queued BYTES`: the reactor-wide cap on queued bytes (default 1 GiB); over
+//!   it the connections holding the most are cut as slow peers.
+//! * `--sndbuf BYTES`: each connection's `SO_SNDBUF` (default: the kernel's autotuning,
+//!   which on Linux lets a peer that does not read park up to `net.ipv4.tcp_wmem`'s
+//!   maximum, 4 MiB, in the kernel before the echo's own queue and its limits come in).
+//! * `--always-zero-copy`: echo every payload as the very `Bytes` it arrived in, even when
+//!   it has to wait in a queue (see "Memory" below; for showing why the default copies).
+//! * `--stats-secs N`: every N s print one line of counters to stderr (0 = never, the
+//!   default). It is printed with `eprintln!`, whatever `RUST_LOG` says, as
+//!   `stats: open N accepted N read N B written N B queued N B (peak N) turns N longest
+//!   turn N us disconnects N (...) sends refused N`; `longest turn` is the longest turn's
+//!   work so far (`Stats::longest_turn_us`).
+//! * `--turn-cpu`: also measure the CPU time of every `poll` call (four syscalls per turn,
+//!   Linux) and add to the stats line what the `poll` call of the longest turn used,
+//!   `longest turn's poll (cpu N us, preempted N times, events N: accepted N, data N,
+//!   half-closed N, disconnected N)`, then `most cpu in one poll N us (not preempted N us)`
+//!   and how many `poll` calls used at least 1, 5 and 10 ms of CPU (`polls using 1/5/10 ms
+//!   of cpu A/B/C`). A `poll` call's CPU time bounds its turn's work from above (it also
+//!   holds the flush before sleeping, and, on a virtual machine that does not account
+//!   steal time, time the hypervisor gave the CPU to another machine). A long turn with
+//!   little CPU was spent waiting for a CPU, not working; its events say what it worked on.
+//!
+//! Memory: a payload arrives as a slice of the reactor's shared 64 KiB read chunk, and a
+//! chunk stays allocated while any slice of it lives. Echoing that slice is free when it
+//! leaves at once, but a slice that waits in the queue of a peer that does not read keeps
+//! its whole chunk alive, while the queue limits count only the slice: ten peers sending
+//! 6-byte frames without reading, next to two floods that move through many chunks, made
+//! 365 KB of queued echoes hold 38 MiB after 8 s (`tests/hostile_soak.rs` with
+//! `--always-zero-copy`). So a payload that has to wait behind bytes already queued is
+//! copied (one allocation of its own size); the first one into an empty queue, which
+//! nearly always leaves at once, goes as it is. A connection then holds at most one chunk
+//! beyond its queued bytes.
+//!
+//! BYTES may end in `k` or `m` (KiB, MiB). The line `echo listening on ADDR` (the bound
+//! address, useful with port 0) is printed to stderr with `eprintln!` too, so
+//! `RUST_LOG=warn` keeps it and the stats lines and drops the per-connection lines.
 
 use std::time::Duration;
 
-use heartloop::{ConnConfig, Event, Heartbeat, Reactor, ReactorConfig};
+use bytes::Bytes;
+use heartloop::{
+    ConnConfig, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor, ReactorConfig,
+    SendError,
+};
+
+const USAGE: &str = "usage: echo [--addr HOST:PORT] [--framing raw|ld[:MAX]] [--heartbeat-ms N] \
+                     [--max-queued BYTES] [--max-total-queued BYTES] [--sndbuf BYTES] \
+                     [--always-zero-copy] [--stats-secs N] [--turn-cpu]";
 
 fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut addr = "127.0.0.1:7000".to_string();
+    let mut framing = Framing::Raw;
     let mut heartbeat_ms = 0u64;
     let mut stats_secs = 0u64;
+    let mut max_queued = None;
+    let mut max_total = None;
+    let mut turn_cpu = false;
+    let mut sndbuf = None;
+    let mut always_zero_copy = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&a));
         match a.as_str() {
             "--addr" => addr = val(),
+            "--framing" => framing = parse_framing(&val()).unwrap_or_else(|| usage("--framing")),
             "--heartbeat-ms" => {
                 heartbeat_ms = val().parse().unwrap_or_else(|_| usage("--heartbeat-ms"))
             }
+            "--max-queued" => {
+                max_queued = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--max-queued")))
+            }
+            "--max-total-queued" => {
+                max_total = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--max-total-queued")))
+            }
+            "--sndbuf" => sndbuf = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--sndbuf"))),
             "--stats-secs" => stats_secs = val().parse().unwrap_or_else(|_| usage("--stats-secs")),
+            "--turn-cpu" => turn_cpu = true,
+            "--always-zero-copy" => always_zero_copy = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             _ => usage(&a),
         }
     }
@@ -35,28 +114,70 @@ fn main() -> std::io::Result<()> {
 
     // Half-close mode: a client that sends, shuts down its writing side and then reads
     // (`nc -N`, `curl --data-binary`) gets all of its echo before we close.
-    let mut cfg = ConnConfig::default().half_close(true);
+    let mut cfg = ConnConfig::default().half_close(true).framing(framing);
     if heartbeat_ms > 0 {
         let hb = Duration::from_millis(heartbeat_ms);
         cfg = cfg.heartbeat(Heartbeat::new(hb, hb * 3));
     }
-    let mut reactor = Reactor::new(ReactorConfig::default())?;
+    if let Some(limit) = max_queued {
+        let defaults = OutboundConfig::default();
+        let high = defaults.high_watermark.min(limit / 4).max(1);
+        let low = defaults.low_watermark.min(limit / 16).min(high);
+        cfg = cfg
+            .outbound(
+                OutboundConfig::watermarks(low, high).hard_limit(limit, OverflowPolicy::Disconnect),
+            )
+            .read_budget(cfg.read_budget.min(limit / 8));
+    }
+    if let Some(n) = sndbuf {
+        cfg = cfg.send_buffer(n);
+    }
+    let mut rcfg = ReactorConfig::default();
+    if let Some(cap) = max_total {
+        rcfg = rcfg.total_queued_limit(cap, OverflowPolicy::Disconnect);
+    }
+    let mut reactor = Reactor::new(rcfg)?;
     let listener = reactor.listen(addr, cfg)?;
-    log::info!("echo listening on {}", reactor.local_addr(listener)?);
+    // Printed whatever `RUST_LOG` says: scripts and tests read the address from it.
+    eprintln!("echo listening on {}", reactor.local_addr(listener)?);
     if stats_secs > 0 {
         reactor.set_timer(Duration::from_secs(stats_secs), 0);
     }
 
     let mut events = Vec::with_capacity(1024);
+    let mut worst = WorstTurn::default();
     loop {
+        let before = turn_cpu.then(|| (thread_usage(), reactor.stats().longest_turn_us));
         reactor.poll(&mut events, None)?;
+        if let Some(((cpu0, preempted0), longest0)) = before {
+            let (cpu1, preempted1) = thread_usage();
+            let (cpu, preempted) = (
+                cpu1.saturating_sub(cpu0),
+                preempted1.saturating_sub(preempted0),
+            );
+            worst.poll(cpu, preempted);
+            if reactor.stats().longest_turn_us > longest0 {
+                worst.record(cpu, preempted, &events);
+            }
+        }
         for ev in events.drain(..) {
             match ev {
                 Event::Accepted { conn, peer, .. } => log::info!("{conn} connected from {peer}"),
-                // Echo the bytes back: the same `Bytes`, no copy.
+                // Echo the bytes back: the same `Bytes`, no copy, unless they would wait
+                // in the queue (see "Memory" above).
                 Event::Data { conn, bytes } => {
-                    if let Err(e) = reactor.send(conn, bytes) {
-                        log::warn!("{conn}: {e}");
+                    let waits = reactor.queued(conn).is_some_and(|q| q > 0);
+                    let bytes = if waits && !always_zero_copy {
+                        Bytes::copy_from_slice(&bytes)
+                    } else {
+                        bytes
+                    };
+                    match reactor.send(conn, bytes) {
+                        Ok(()) => {}
+                        // It was cut earlier in this batch of events (slow peer, reset): its
+                        // `Disconnected` says why.
+                        Err(SendError::Stale | SendError::Closing) => {}
+                        Err(e) => log::warn!("{conn}: {e}"),
                     }
                 }
                 // The client does not keep up: stop reading from it until it drains.
@@ -75,8 +196,11 @@ fn main() -> std::io::Result<()> {
                 Event::Disconnected { conn, cause } => log::info!("{conn} disconnected: {cause}"),
                 Event::Timer { .. } => {
                     let s = reactor.stats();
-                    log::info!(
-                        "open {} accepted {} read {} B written {} B queued {} B (peak {}) turns {} longest turn {} us",
+                    let d = s.disconnects;
+                    eprintln!(
+                        "stats: open {} accepted {} read {} B written {} B queued {} B (peak {}) \
+                         turns {} longest turn {} us disconnects {} (reset {}, peer closed {}, \
+                         slow peer {}, protocol {}, heartbeat {}, other {}) sends refused {}{}",
                         s.open_connections,
                         s.accepted,
                         s.bytes_read,
@@ -84,7 +208,25 @@ fn main() -> std::io::Result<()> {
                         s.bytes_queued,
                         s.bytes_queued_peak,
                         s.turns,
-                        s.longest_turn_us
+                        s.longest_turn_us,
+                        d.total(),
+                        d.reset,
+                        d.peer_closed,
+                        d.slow_peer,
+                        d.protocol,
+                        d.heartbeat_timeout,
+                        d.total()
+                            - d.reset
+                            - d.peer_closed
+                            - d.slow_peer
+                            - d.protocol
+                            - d.heartbeat_timeout,
+                        s.sends_rejected,
+                        if turn_cpu {
+                            worst.describe()
+                        } else {
+                            String::new()
+                        },
                     );
                     reactor.set_timer(Duration::from_secs(stats_secs), 0);
                 }
@@ -94,9 +236,111 @@ fn main() -> std::io::Result<()> {
     }
 }
 
+/// What the `poll` call of the longest turn so far cost, and how much CPU `poll` calls
+/// used (`--turn-cpu`).
+#[derive(Default)]
+struct WorstTurn {
+    cpu_us: u64,
+    preempted: u64,
+    events: usize,
+    accepted: usize,
+    data: usize,
+    half_closed: usize,
+    disconnected: usize,
+    /// The most CPU any one `poll` call used, and any one the kernel did not preempt.
+    most_cpu_us: u64,
+    most_cpu_unpreempted_us: u64,
+    /// `poll` calls that used at least 1, 5, 10 ms of CPU.
+    over: [u64; 3],
+}
+
+impl WorstTurn {
+    fn poll(&mut self, cpu_us: u64, preempted: u64) {
+        self.most_cpu_us = self.most_cpu_us.max(cpu_us);
+        if preempted == 0 {
+            self.most_cpu_unpreempted_us = self.most_cpu_unpreempted_us.max(cpu_us);
+        }
+        for (n, ms) in self.over.iter_mut().zip([1_000, 5_000, 10_000]) {
+            *n += u64::from(cpu_us >= ms);
+        }
+    }
+
+    fn record(&mut self, cpu_us: u64, preempted: u64, events: &[Event]) {
+        let count = |f: fn(&Event) -> bool| events.iter().filter(|e| f(e)).count();
+        self.cpu_us = cpu_us;
+        self.preempted = preempted;
+        self.events = events.len();
+        self.accepted = count(|e| matches!(e, Event::Accepted { .. }));
+        self.data = count(|e| matches!(e, Event::Data { .. }));
+        self.half_closed = count(|e| matches!(e, Event::PeerHalfClosed { .. }));
+        self.disconnected = count(|e| matches!(e, Event::Disconnected { .. }));
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            " longest turn's poll (cpu {} us, preempted {} times, events {}: accepted {}, \
+             data {}, half-closed {}, disconnected {}) most cpu in one poll {} us \
+             (not preempted {} us) polls using 1/5/10 ms of cpu {}/{}/{}",
+            self.cpu_us,
+            self.preempted,
+            self.events,
+            self.accepted,
+            self.data,
+            self.half_closed,
+            self.disconnected,
+            self.most_cpu_us,
+            self.most_cpu_unpreempted_us,
+            self.over[0],
+            self.over[1],
+            self.over[2],
+        )
+    }
+}
+
+/// CPU time this thread used (µs, `CLOCK_THREAD_CPUTIME_ID`: exact, where `getrusage`'s
+/// times advance by scheduler ticks) and how often the kernel preempted it (involuntary
+/// context switches, `getrusage(RUSAGE_THREAD)`).
+#[cfg(target_os = "linux")]
+fn thread_usage() -> (u64, u64) {
+    // SAFETY: both calls only write into the zeroed structs we own.
+    let (ts, ru) = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        (ts, ru)
+    };
+    let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+    (us, ru.ru_nivcsw as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_usage() -> (u64, u64) {
+    (0, 0)
+}
+
+/// `raw`, `ld` or `ld:MAX`.
+fn parse_framing(s: &str) -> Option<Framing> {
+    match s.split_once(':') {
+        None if s == "raw" => Some(Framing::Raw),
+        None if s == "ld" => Some(Framing::length_delimited(1 << 20)),
+        Some(("ld", max)) => Some(Framing::length_delimited(parse_bytes(max)?)),
+        _ => None,
+    }
+}
+
+/// A byte count, optionally ending in `k` (KiB) or `m` (MiB).
+fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, unit) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(unit)
+}
+
 fn usage(bad: &str) -> ! {
-    eprintln!(
-        "bad or incomplete option {bad}\nusage: echo [--addr HOST:PORT] [--heartbeat-ms N] [--stats-secs N]"
-    );
+    eprintln!("bad or incomplete option {bad}\n{USAGE}");
     std::process::exit(2)
 }

@@ -1,0 +1,698 @@
+//! `cargo run --release --example attacker -- --addr 127.0.0.1:7000 --secs 10`
+//!
+//! Hostile peers for a length-delimited echo server (`echo --framing ld`), used by
+//! `tests/hostile_soak.rs`. Every attack is bounded in connections and rate, and the whole
+//! process stops by itself after `--secs`. Frames: a 4-byte big-endian length, a kind byte
+//! (0 = data, 1 = ping, 2 = pong), the payload.
+//!
+//! | attack | option (default) | what each connection does |
+//! |---|---|---|
+//! | ping flood | `--ping-flood N` (2), `--ping-rate B/s` (2m) | writes empty pings at the rate, never reads |
+//! | zero-length flood | `--zero-flood N` (2), `--zero-rate B/s` (2m) | writes empty data frames at the rate, never reads |
+//! | claimed length | `--claim N` (50), `--claim-len L` (1m) | a header announcing L bytes, one byte, then silence |
+//! | byte at a time | `--byte-at-a-time N` (20) | one byte per ms of 16-byte data frames; reads and checks the echo |
+//! | slowloris | `--slowloris N` (500) | 3 bytes of a header, then silence |
+//! | connect/reset storm | `--storm-rate N/s` (500) | connect, (every other one: one data frame), `SO_LINGER` 0 close |
+//! | non-readers | `--non-readers N` (10), `--non-reader-rate B/s` (512k) | 1 KiB data frames at the rate, never reads |
+//! | drip non-readers | `--drip N` (10), `--drip-rate frames/s` (1000), `--drip-prefill B` (0) | B bytes of 1 KiB data frames at once (to fill the kernel's buffers), then 1-byte data frames at the rate, never reads |
+//!
+//! Connections that never read are given a small receive buffer (`--rcvbuf`, 4 KiB), so
+//! that the server's queue for them fills soon. A long-lived connection the server cuts
+//! is counted and replaced after 100 ms. `--attacks a,b,...` runs only the named attacks
+//! (`ping`, `zero`, `claim`, `byte`, `slowloris`, `storm`, `nonreader`, `drip`; default
+//! all). `--nice N` sets the process's nice value (19: the attacker gets a CPU only when
+//! nobody else wants it, as if it ran on other machines).
+//!
+//! All attacks run in one thread, one pass over them every millisecond, so the attacker
+//! competes for at most one core.
+//!
+//! Output (stdout): `READY` once every long-lived connection was opened, then at the end
+//! one `ATTACK <name> key=value ...` line per attack, `CPU user_ms=N sys_ms=N` and
+//! `DONE`. Exits 1 if an echo checked by the byte-at-a-time peers differs from what they
+//! sent, 2 on bad options.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
+
+const TICK: Duration = Duration::from_millis(1);
+const RECONNECT_AFTER: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+struct Opts {
+    addr: SocketAddr,
+    secs: f64,
+    attacks: Vec<String>,
+    ping_flood: usize,
+    ping_rate: usize,
+    zero_flood: usize,
+    zero_rate: usize,
+    claim: usize,
+    claim_len: u32,
+    byte_at_a_time: usize,
+    slowloris: usize,
+    storm_rate: usize,
+    non_readers: usize,
+    non_reader_rate: usize,
+    drip: usize,
+    drip_rate: usize,
+    drip_prefill: usize,
+    rcvbuf: usize,
+    nice: i32,
+}
+
+impl Opts {
+    fn on(&self, name: &str) -> bool {
+        self.attacks.is_empty() || self.attacks.iter().any(|a| a == name)
+    }
+}
+
+/// What one attack did, printed as `ATTACK <name> k=v ...`.
+#[derive(Default)]
+struct Report {
+    name: &'static str,
+    conns: usize,
+    connects: u64,
+    connect_failed: u64,
+    cut: u64,
+    bytes: u64,
+    frames: u64,
+    echoed: u64,
+    mismatches: u64,
+}
+
+impl Report {
+    fn line(&self) -> String {
+        format!(
+            "ATTACK {} conns={} connects={} connect_failed={} cut={} bytes={} frames={} \
+             echoed={} mismatches={}",
+            self.name,
+            self.conns,
+            self.connects,
+            self.connect_failed,
+            self.cut,
+            self.bytes,
+            self.frames,
+            self.echoed,
+            self.mismatches
+        )
+    }
+}
+
+fn header(len: u32, kind: u8) -> [u8; 5] {
+    let l = len.to_be_bytes();
+    [l[0], l[1], l[2], l[3], kind]
+}
+
+/// A data frame with `len` bytes of payload (a pattern).
+fn data_frame(len: usize) -> Vec<u8> {
+    let mut f = header(len as u32, 0).to_vec();
+    f.extend((0..len).map(|i| (i % 251) as u8));
+    f
+}
+
+/// A nonblocking connection to `addr`, with a receive buffer of `rcvbuf` bytes if given
+/// (set before connecting, so the window the server sees is small from the start).
+fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    s.set_tcp_nodelay(true)?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Whether the server ended this idle connection (EOF or error); bytes it sent (none
+/// expected) are discarded.
+fn gone(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Sleep until `at` (no-op if past).
+fn sleep_until(at: Instant) {
+    if let Some(d) = at.checked_duration_since(Instant::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+/// A long-lived connection of a flood: its stream position and when it may reconnect.
+struct Slot {
+    sock: Option<TcpStream>,
+    /// Bytes of the prefill written on this connection.
+    pre: usize,
+    /// Bytes of the periodic stream written on this connection.
+    pos: usize,
+    /// Bytes of the stream it may have written by now (token bucket).
+    allowed: f64,
+    retry_at: Option<Instant>,
+}
+
+/// Writes `prefill` once, as fast as the kernel takes it, then a periodic stream (`unit`
+/// repeated) at `rate` bytes/s, on each of `n` connections, never reading. A connection
+/// that fails is counted as cut and replaced after [`RECONNECT_AFTER`].
+struct Flood {
+    r: Report,
+    addr: SocketAddr,
+    rcvbuf: usize,
+    prefill: Vec<u8>,
+    /// Whole units, at least 16 KiB: the stream from any offset is `buf[pos % period..]`.
+    buf: Vec<u8>,
+    period: usize,
+    per_tick: f64,
+    slots: Vec<Slot>,
+}
+
+impl Flood {
+    fn new(o: &Opts, name: &'static str, n: usize, unit: &[u8], rate: usize) -> Flood {
+        let reps = (16 * 1024 / unit.len()).max(1);
+        let mut f = Flood {
+            r: Report {
+                name,
+                conns: n,
+                ..Report::default()
+            },
+            addr: o.addr,
+            rcvbuf: o.rcvbuf,
+            prefill: Vec::new(),
+            buf: unit.repeat(reps + 1),
+            period: unit.len(),
+            per_tick: rate as f64 * TICK.as_secs_f64(),
+            slots: Vec::new(),
+        };
+        for _ in 0..n {
+            let sock = f.open();
+            f.slots.push(Slot {
+                sock,
+                pre: 0,
+                pos: 0,
+                allowed: 0.0,
+                retry_at: None,
+            });
+        }
+        f
+    }
+
+    fn open(&mut self) -> Option<TcpStream> {
+        self.r.connects += 1;
+        let s = connect(self.addr, Some(self.rcvbuf)).ok();
+        if s.is_none() {
+            self.r.connect_failed += 1;
+        }
+        s
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].sock.is_none() {
+                match self.slots[i].retry_at {
+                    Some(t) if now >= t => {
+                        let sock = self.open();
+                        let s = &mut self.slots[i];
+                        s.retry_at = sock.is_none().then_some(now + RECONNECT_AFTER);
+                        *s = Slot {
+                            sock,
+                            pre: 0,
+                            pos: 0,
+                            allowed: 0.0,
+                            retry_at: s.retry_at,
+                        };
+                    }
+                    _ => continue,
+                }
+            }
+            let s = &mut self.slots[i];
+            let Some(sock) = s.sock.as_mut() else {
+                continue;
+            };
+            let r = &mut self.r;
+            let mut failed = false;
+            // The prefill, as fast as the kernel takes it.
+            while s.pre < self.prefill.len() {
+                match sock.write(&self.prefill[s.pre..]) {
+                    Ok(k) => {
+                        s.pre += k;
+                        r.bytes += k as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if s.pre == self.prefill.len() && !failed {
+                // Catch up at most 20 ticks after an oversleep; never run ahead.
+                s.allowed = (s.allowed + self.per_tick).min(s.pos as f64 + 20.0 * self.per_tick);
+                while (s.pos as f64) < s.allowed {
+                    let off = s.pos % self.period;
+                    let want = ((s.allowed - s.pos as f64).ceil() as usize)
+                        .min(self.buf.len() - off)
+                        .max(1);
+                    match sock.write(&self.buf[off..off + want]) {
+                        Ok(k) => {
+                            s.pos += k;
+                            r.bytes += k as u64;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            // Backpressure: what it could not write is not owed later.
+                            s.allowed = s.pos as f64;
+                            break;
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if failed {
+                r.cut += 1;
+                r.frames += (s.pos / self.period) as u64;
+                s.sock = None;
+                s.retry_at = Some(now + RECONNECT_AFTER);
+            }
+        }
+    }
+
+    fn report(mut self) -> Report {
+        self.r.frames += self
+            .slots
+            .iter()
+            .map(|s| (s.pos / self.period) as u64)
+            .sum::<u64>();
+        self.r
+    }
+}
+
+/// `n` connections that each write `prefix` once and then stay silent; one the server
+/// ends is counted as cut and replaced after [`RECONNECT_AFTER`]. Checked every 100 ms.
+struct Idle {
+    r: Report,
+    addr: SocketAddr,
+    prefix: Vec<u8>,
+    socks: Vec<Option<TcpStream>>,
+    retry: Vec<Option<Instant>>,
+    next_check: Instant,
+}
+
+impl Idle {
+    fn new(o: &Opts, name: &'static str, n: usize, prefix: &[u8]) -> Idle {
+        let mut a = Idle {
+            r: Report {
+                name,
+                conns: n,
+                ..Report::default()
+            },
+            addr: o.addr,
+            prefix: prefix.to_vec(),
+            socks: Vec::with_capacity(n),
+            retry: vec![None; n],
+            next_check: Instant::now(),
+        };
+        // In batches of 64 a millisecond apart, so that the listen backlog never overflows.
+        for i in 0..n {
+            let s = a.open();
+            a.socks.push(s);
+            if i % 64 == 63 {
+                std::thread::sleep(TICK);
+            }
+        }
+        a
+    }
+
+    fn open(&mut self) -> Option<TcpStream> {
+        self.r.connects += 1;
+        let s = connect(self.addr, None).and_then(|mut s| {
+            s.write_all(&self.prefix)?;
+            Ok(s)
+        });
+        match s {
+            Ok(s) => {
+                self.r.bytes += self.prefix.len() as u64;
+                self.r.frames += 1;
+                Some(s)
+            }
+            Err(_) => {
+                self.r.connect_failed += 1;
+                None
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + Duration::from_millis(100);
+        for i in 0..self.socks.len() {
+            match &mut self.socks[i] {
+                Some(sock) => {
+                    if gone(sock) {
+                        self.r.cut += 1;
+                        self.socks[i] = None;
+                        self.retry[i] = Some(now + RECONNECT_AFTER);
+                    }
+                }
+                None => {
+                    if self.retry[i].is_some_and(|t| now >= t) {
+                        self.socks[i] = self.open();
+                        self.retry[i] = self.socks[i].is_none().then_some(now + RECONNECT_AFTER);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `n` connections that write 16-byte data frames one byte per tick each, and read and
+/// check the echo (the echo of a data frame is the same bytes).
+struct ByteAtATime {
+    r: Report,
+    frame: Vec<u8>,
+    peers: Vec<(Option<TcpStream>, usize, usize)>,
+}
+
+impl ByteAtATime {
+    fn new(o: &Opts, n: usize) -> ByteAtATime {
+        let mut r = Report {
+            name: "byte-at-a-time",
+            conns: n,
+            ..Report::default()
+        };
+        let peers = (0..n)
+            .map(|_| {
+                r.connects += 1;
+                let sock = connect(o.addr, None).ok();
+                if sock.is_none() {
+                    r.connect_failed += 1;
+                }
+                (sock, 0, 0)
+            })
+            .collect();
+        ByteAtATime {
+            r,
+            frame: data_frame(16),
+            peers,
+        }
+    }
+
+    fn tick(&mut self) {
+        let mut buf = [0u8; 4096];
+        let (r, frame) = (&mut self.r, &self.frame);
+        for (sock_slot, sent, got) in &mut self.peers {
+            let Some(sock) = sock_slot.as_mut() else {
+                continue;
+            };
+            let mut failed = false;
+            match sock.write(&[frame[*sent % frame.len()]]) {
+                Ok(1) => {
+                    *sent += 1;
+                    r.bytes += 1;
+                    if (*sent).is_multiple_of(frame.len()) {
+                        r.frames += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => failed = true,
+            }
+            while !failed {
+                match sock.read(&mut buf) {
+                    Ok(0) => failed = true,
+                    Ok(k) => {
+                        for &x in &buf[..k] {
+                            if x != frame[*got % frame.len()] {
+                                r.mismatches += 1;
+                            }
+                            *got += 1;
+                        }
+                        r.echoed += k as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => failed = true,
+                }
+            }
+            if failed {
+                r.cut += 1;
+                *sock_slot = None;
+            }
+        }
+    }
+}
+
+/// Connect, (every other one: write one data frame), close with `SO_LINGER` 0 (a reset),
+/// at `rate` per second, at most 20 per tick.
+struct Storm {
+    r: Report,
+    addr: SocketAddr,
+    rate: f64,
+    frame: Vec<u8>,
+    start: Instant,
+}
+
+impl Storm {
+    fn new(o: &Opts) -> Storm {
+        Storm {
+            r: Report {
+                name: "connect/reset storm",
+                conns: 1,
+                ..Report::default()
+            },
+            addr: o.addr,
+            rate: o.storm_rate as f64,
+            frame: data_frame(32),
+            start: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self) {
+        let due = (self.start.elapsed().as_secs_f64() * self.rate) as u64;
+        for _ in 0..due.saturating_sub(self.r.connects).min(20) {
+            self.r.connects += 1;
+            match connect(self.addr, None) {
+                Ok(mut s) => {
+                    if self.r.connects.is_multiple_of(2) && s.write(&self.frame).is_ok() {
+                        self.r.bytes += self.frame.len() as u64;
+                        self.r.frames += 1;
+                    }
+                    let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    drop(s);
+                }
+                Err(_) => self.r.connect_failed += 1,
+            }
+        }
+    }
+}
+
+/// This process's CPU time (user, system) in ms, from /proc/self/stat.
+fn cpu_ms() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // Linux reports clock ticks of 1/100 s (USER_HZ) on every platform we run on.
+    let tick_ms = 10;
+    (
+        f.first().copied().unwrap_or(0) * tick_ms,
+        f.get(1).copied().unwrap_or(0) * tick_ms,
+    )
+}
+
+fn main() {
+    let o = parse_args();
+    if o.nice != 0 {
+        // SAFETY: setpriority has no memory effects; this process is one thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, o.nice) } != 0 {
+            eprintln!(
+                "attacker: setpriority {}: {}",
+                o.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let mut claim = header(o.claim_len, 0).to_vec();
+    claim.push(b'x');
+    let slow = &header(16, 0)[..3];
+    let mut floods = Vec::new();
+    let mut idles = Vec::new();
+    let mut byte = None;
+    let mut storm = None;
+    // Every long-lived connection is opened first; then all attacks run together, each
+    // served once per tick by this one thread (so the attacker competes with the server
+    // for one core at most).
+    if o.on("ping") && o.ping_flood > 0 {
+        floods.push(Flood::new(
+            &o,
+            "ping flood",
+            o.ping_flood,
+            &header(0, 1),
+            o.ping_rate,
+        ));
+    }
+    if o.on("zero") && o.zero_flood > 0 {
+        let name = "zero-length flood";
+        floods.push(Flood::new(
+            &o,
+            name,
+            o.zero_flood,
+            &header(0, 0),
+            o.zero_rate,
+        ));
+    }
+    if o.on("claim") && o.claim > 0 {
+        idles.push(Idle::new(&o, "claimed length", o.claim, &claim));
+    }
+    if o.on("byte") && o.byte_at_a_time > 0 {
+        byte = Some(ByteAtATime::new(&o, o.byte_at_a_time));
+    }
+    if o.on("slowloris") && o.slowloris > 0 {
+        idles.push(Idle::new(&o, "slowloris", o.slowloris, slow));
+    }
+    if o.on("nonreader") && o.non_readers > 0 {
+        let unit = data_frame(1024);
+        let rate = o.non_reader_rate;
+        floods.push(Flood::new(&o, "non-readers", o.non_readers, &unit, rate));
+    }
+    if o.on("drip") && o.drip > 0 {
+        let unit = data_frame(1);
+        let rate = o.drip_rate * unit.len();
+        let mut f = Flood::new(&o, "drip non-readers", o.drip, &unit, rate);
+        f.prefill = data_frame(1024).repeat(o.drip_prefill.div_ceil(1029));
+        floods.push(f);
+    }
+    if o.on("storm") && o.storm_rate > 0 {
+        storm = Some(Storm::new(&o));
+    }
+    println!("READY");
+    let start = Instant::now();
+    if let Some(s) = storm.as_mut() {
+        s.start = start;
+    }
+    let end = start + Duration::from_secs_f64(o.secs);
+    let mut next = start;
+    while Instant::now() < end {
+        next += TICK;
+        sleep_until(next);
+        let now = Instant::now();
+        if now > next + 20 * TICK {
+            next = now; // overslept: no burst of ticks to catch up
+        }
+        for f in &mut floods {
+            f.tick(now);
+        }
+        for a in &mut idles {
+            a.tick(now);
+        }
+        if let Some(b) = byte.as_mut() {
+            b.tick();
+        }
+        if let Some(s) = storm.as_mut() {
+            s.tick();
+        }
+    }
+    let mut reports: Vec<Report> = floods.into_iter().map(Flood::report).collect();
+    reports.extend(idles.into_iter().map(|a| a.r));
+    reports.extend(byte.map(|b| b.r));
+    reports.extend(storm.map(|s| s.r));
+    let mut mismatches = 0;
+    for r in &reports {
+        println!("{}", r.line());
+        mismatches += r.mismatches;
+    }
+    let (user, sys) = cpu_ms();
+    println!("CPU user_ms={user} sys_ms={sys}");
+    println!("DONE");
+    if mismatches > 0 {
+        exit(1);
+    }
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        addr: "127.0.0.1:7000".parse().unwrap(),
+        secs: 10.0,
+        attacks: Vec::new(),
+        ping_flood: 2,
+        ping_rate: 2 << 20,
+        zero_flood: 2,
+        zero_rate: 2 << 20,
+        claim: 50,
+        claim_len: 1 << 20,
+        byte_at_a_time: 20,
+        slowloris: 500,
+        storm_rate: 500,
+        non_readers: 10,
+        non_reader_rate: 512 << 10,
+        drip: 10,
+        drip_rate: 1000,
+        drip_prefill: 0,
+        rcvbuf: 4096,
+        nice: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_else(|| usage(&a));
+        let num = || parse_bytes(&v).unwrap_or_else(|| usage(&a));
+        match a.as_str() {
+            "--addr" => o.addr = v.parse().unwrap_or_else(|_| usage(&a)),
+            "--secs" => o.secs = v.parse().unwrap_or_else(|_| usage(&a)),
+            "--attacks" => o.attacks = v.split(',').map(str::to_string).collect(),
+            "--ping-flood" => o.ping_flood = num(),
+            "--ping-rate" => o.ping_rate = num(),
+            "--zero-flood" => o.zero_flood = num(),
+            "--zero-rate" => o.zero_rate = num(),
+            "--claim" => o.claim = num(),
+            "--claim-len" => o.claim_len = u32::try_from(num()).unwrap_or_else(|_| usage(&a)),
+            "--byte-at-a-time" => o.byte_at_a_time = num(),
+            "--slowloris" => o.slowloris = num(),
+            "--storm-rate" => o.storm_rate = num(),
+            "--non-readers" => o.non_readers = num(),
+            "--non-reader-rate" => o.non_reader_rate = num(),
+            "--drip" => o.drip = num(),
+            "--drip-rate" => o.drip_rate = num(),
+            "--drip-prefill" => o.drip_prefill = num(),
+            "--rcvbuf" => o.rcvbuf = num(),
+            "--nice" => o.nice = v.parse().unwrap_or_else(|_| usage(&a)),
+            _ => usage(&a),
+        }
+    }
+    o
+}
+
+/// A count, optionally ending in `k` or `m` (×1024, ×1024²).
+fn parse_bytes(s: &str) -> Option<usize> {
+    let (num, unit) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+fn usage(bad: &str) -> ! {
+    eprintln!(
+        "attacker: bad or incomplete option {bad} (see the doc comment of examples/attacker.rs)"
+    );
+    exit(2)
+}
