@@ -183,15 +183,15 @@ fn main() -> std::io::Result<()> {
                 // The client does not keep up: stop reading from it until it drains.
                 Event::WriteBlocked { conn, queued } => {
                     log::debug!("{conn}: {queued} bytes queued, pausing reads");
-                    reactor.pause_reading(conn);
+                    let _ = reactor.pause_reading(conn);
                 }
                 Event::Writable { conn } => {
                     log::debug!("{conn}: drained, resuming reads");
-                    reactor.resume_reading(conn);
+                    let _ = reactor.resume_reading(conn);
                 }
                 // Everything the client sent was echoed (queued); flush it and close.
                 Event::PeerHalfClosed { conn } => {
-                    reactor.close(conn);
+                    let _ = reactor.close(conn);
                 }
                 Event::Disconnected { conn, cause } => log::info!("{conn} disconnected: {cause}"),
                 Event::Timer { .. } => {

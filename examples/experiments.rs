@@ -276,7 +276,7 @@ fn half_closes(row: &mut Row) -> Result<(), String> {
     // Writing still works: answer, then close; the peer counts what it got.
     r.send(conn, Bytes::from_static(REPLY))
         .map_err(|e| e.to_string())?;
-    r.close(conn);
+    let _ = r.close(conn);
     let (cause, _) = expect_disconnect(&mut r, PROMPT)?;
     let got = p.expect_line("GOT", PROMPT)?;
     let delivered = got.rest == REPLY.len().to_string();

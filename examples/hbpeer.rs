@@ -93,7 +93,7 @@ fn main() -> std::io::Result<()> {
                     say(&stamp, "ACCEPTED", &peer.to_string());
                     conn = Some(c);
                     // One connection per run: stop listening.
-                    r.unlisten(listener);
+                    let _ = r.unlisten(listener);
                     start_seq(&mut r, &o);
                 }
                 Event::Connected { conn: c } => {

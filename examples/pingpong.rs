@@ -195,7 +195,7 @@ fn main() {
             closing = true;
             let ids: Vec<ConnId> = conns.keys().copied().collect();
             for id in ids {
-                reactor.close(id);
+                let _ = reactor.close(id);
             }
             reactor.set_timer(Duration::from_secs(2), DEADLINE);
         }

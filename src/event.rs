@@ -89,6 +89,34 @@ impl From<SocketAddr> for PeerAddr {
     }
 }
 
+/// The answer of an action on an id that names nothing live: a connection that ended (its
+/// `Disconnected` was or will be delivered), a listener that was closed, a timer that fired
+/// or was cancelled, or an id that never existed. Nothing else is affected.
+///
+/// The rule across the API: actions on an id (`close`, `abort`, `pause_reading`,
+/// `resume_reading`, `unlisten`, `cancel_timer`) return `Result<(), StaleId>`; `send`
+/// returns [`SendError::Stale`](crate::SendError::Stale) (which converts from this);
+/// queries about an id (`is_open`, `peer_addr`, `queued`, `is_reading_paused`) answer
+/// `false` or `None`; a listener's address is an `io::Result` because the OS call can fail
+/// too (a stale listener gives `ErrorKind::NotFound`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct StaleId;
+
+impl std::fmt::Display for StaleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no such connection, listener or timer (it ended or never existed)")
+    }
+}
+
+impl std::error::Error for StaleId {}
+
+impl From<StaleId> for std::io::Error {
+    /// `ErrorKind::NotFound`, so `?` works in functions returning `io::Result`.
+    fn from(e: StaleId) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, e)
+    }
+}
+
 /// One listening socket.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ListenerId {

@@ -219,7 +219,7 @@ pub use cause::{Cause, ProtocolError};
 pub use clock::Clock;
 pub use codec::Framing;
 pub use config::{ConnConfig, Keepalive, ReactorConfig};
-pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, TimerId};
+pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, StaleId, TimerId};
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
 pub use outbound::{OutboundConfig, OverflowPolicy};

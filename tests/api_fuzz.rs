@@ -144,21 +144,21 @@ fn run(calls: &[Call], length_delimited: bool) {
                 );
             }
             Call::Close(i) => {
-                r.close(conns[i]);
+                let _ = r.close(conns[i]);
             }
             Call::Abort(i) => {
-                r.abort(conns[i]);
+                let _ = r.abort(conns[i]);
             }
             Call::Pause(i) => {
-                r.pause_reading(conns[i]);
+                let _ = r.pause_reading(conns[i]);
             }
             Call::Resume(i) => {
-                r.resume_reading(conns[i]);
+                let _ = r.resume_reading(conns[i]);
             }
             Call::SetTimer(d) => timers.push(r.set_timer(d, 0)),
             Call::CancelLastTimer => {
                 if let Some(t) = timers.pop() {
-                    r.cancel_timer(t);
+                    let _ = r.cancel_timer(t);
                 }
             }
             Call::Advance(d) => clock.advance(d.min(Duration::from_secs(3600))),
@@ -174,7 +174,7 @@ fn run(calls: &[Call], length_delimited: bool) {
     }
     // Wind down: every connection ends exactly once.
     for &c in &conns {
-        r.abort(c);
+        let _ = r.abort(c);
     }
     r.poll(&mut events, Some(Duration::ZERO)).unwrap();
     check(&r, &mut events);

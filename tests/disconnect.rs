@@ -246,7 +246,7 @@ fn peer_half_close_in_half_close_mode_keeps_sending_then_closed() {
     }
     util::poll_for(&mut r, &mut log, Duration::from_millis(20));
     r.send(conn, pattern(CHUNKS * CHUNK, CHUNK)).unwrap();
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     let t0 = Instant::now();
     let (_, cause, lat) = disconnected(&mut r, &mut log, Some(conn), t0);
     assert_eq!(cause, Cause::Closed, "events: {log:?}");
@@ -362,12 +362,16 @@ fn next_line(p: &mut Proc) -> (String, Instant) {
 
 /// End the connection locally with `end` (close or abort): the cause is `Closed`, and
 /// the peer process prints `peer_line` (`EOF` for a FIN, `RESET` for a reset).
-fn local_end(end: fn(&mut Reactor, ConnId) -> bool, what: &str, peer_line: &str) {
+fn local_end(
+    end: fn(&mut Reactor, ConnId) -> Result<(), heartloop::StaleId>,
+    what: &str,
+    peer_line: &str,
+) {
     let _s = serial();
     let (mut r, addr) = listening(ConnConfig::default());
     let mut log = Vec::new();
     let (mut p, conn, _) = accept_peer(&mut r, &mut log, addr, "idle");
-    assert!(end(&mut r, conn));
+    assert!(end(&mut r, conn).is_ok());
     let t0 = Instant::now();
     let (_, cause, lat) = disconnected(&mut r, &mut log, Some(conn), t0);
     assert_eq!(cause, Cause::Closed, "events: {log:?}");
@@ -406,7 +410,7 @@ fn close_with_1_mib_queued_delivers_every_byte_then_fin() {
         Some(TOTAL),
         "nothing is written before a turn"
     );
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     assert!(r.is_open(conn), "a close with a queue flushes first");
     assert_eq!(r.send(conn, pattern(0, 1)), Err(SendError::Closing));
     let (_, cause, _) = disconnected(&mut r, &mut log, Some(conn), Instant::now());
@@ -441,7 +445,7 @@ fn close_whose_peer_never_finishes_ends_closed_exactly_when_linger_runs_out() {
     const TOTAL: usize = 256 * 1024;
     r.send(conn, pattern(0, TOTAL)).unwrap();
     let closed_at = clock.now();
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     // The peer reads everything and our FIN (a socket-level wait: the clock stands still).
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -587,8 +591,8 @@ fn stale_conn_id_is_refused_and_never_names_a_new_connection() {
 
     let check_stale = |r: &mut Reactor| {
         assert_eq!(r.send(old, pattern(0, 100)), Err(SendError::Stale));
-        assert!(!r.close(old));
-        assert!(!r.abort(old));
+        assert!(r.close(old).is_err());
+        assert!(r.abort(old).is_err());
         assert!(!r.is_open(old));
         assert_eq!(r.queued(old), None);
     };
@@ -604,7 +608,7 @@ fn stale_conn_id_is_refused_and_never_names_a_new_connection() {
         "close/abort of the stale id touched the new connection"
     );
     util::poll_for(&mut r, &mut log, Duration::from_millis(20));
-    assert!(r.close(new));
+    assert!(r.close(new).is_ok());
     let (_, cause, _) = disconnected(&mut r, &mut log, Some(new), Instant::now());
     assert_eq!(cause, Cause::Closed, "events: {log:?}");
     assert_eq!(
@@ -817,12 +821,12 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
                     if rng.below(2) == 0 {
                         r.send(conn, pattern(0, 1 + rng.below(4096))).unwrap();
                     }
-                    assert!(r.close(conn));
+                    assert!(r.close(conn).is_ok());
                     parked.insert(conn, c);
                     Cause::Closed
                 }
                 _ => {
-                    assert!(r.abort(conn));
+                    assert!(r.abort(conn).is_ok());
                     parked.insert(conn, c);
                     Cause::Closed
                 }
@@ -1005,7 +1009,7 @@ fn close_with_unread_input_still_delivers_everything() {
     for _ in 0..TOTAL / 65536 {
         r.send(conn, Bytes::from(vec![7u8; 65536])).unwrap();
     }
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     let (ev, _) = expect_event(&mut r, &mut log, WAIT, "Disconnected", |e| {
         matches!(e, Event::Disconnected { .. })
     });
@@ -1042,7 +1046,7 @@ fn close_while_connecting_still_flushes_what_was_queued() {
     let conn = r.connect(addr, ConnConfig::default()).unwrap();
     r.send(conn, Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"))
         .unwrap();
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut got = Vec::new();

@@ -233,23 +233,25 @@ fn extreme_settings_through_the_api_never_panic() {
     // (The reactor also accepts the other end of `out`; that event may come in any turn.)
     for c in [accepted, out] {
         r.send(c, Bytes::from_static(b"bye")).unwrap();
-        assert!(r.close(c));
+        assert!(r.close(c).is_ok());
     }
     for _ in 0..5 {
         r.poll(&mut log, Some(Duration::from_millis(10))).unwrap();
     }
-    assert!(r.cancel_timer(t), "the far timer is still pending");
+    assert!(r.cancel_timer(t).is_ok(), "the far timer is still pending");
     assert!(!log.iter().any(|e| matches!(e, Event::Timer { .. })));
     // A message longer than a 32-bit frame length is refused, not truncated. The 4 GiB
     // of zeros are never touched (calloc'd pages), so this costs no memory.
     let huge = Bytes::from(vec![0u8; (u32::MAX as usize) + 1]);
     let live = accept_one_more(&mut r, addr, &mut log);
-    assert_eq!(
-        r.send(live, huge),
-        Err(SendError::TooLarge {
-            len: (u32::MAX as usize) + 1,
-            max: u32::MAX as usize
-        })
+    let refused = r.send(live, huge);
+    assert!(
+        matches!(
+            refused,
+            Err(SendError::TooLarge { len, max, .. })
+                if len == (u32::MAX as usize) + 1 && max == u32::MAX as usize
+        ),
+        "{refused:?}"
     );
     assert_eq!(r.queued(live), Some(0));
     // A hosted reactor whose token range would overflow is refused.

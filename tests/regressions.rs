@@ -211,7 +211,7 @@ fn stale_event_for_a_freed_slot_never_reaches_the_new_connection() {
     }
 
     // Before handing that batch over, the host closes A and connects B.
-    assert!(h.r.close(a));
+    assert!(h.r.close(a).is_ok());
     let listener_b = TcpListener::bind(local()).unwrap();
     let b =
         h.r.connect(listener_b.local_addr().unwrap(), ConnConfig::default())
@@ -221,10 +221,10 @@ fn stale_event_for_a_freed_slot_never_reaches_the_new_connection() {
     let (mut peer_b, _) = listener_b.accept().unwrap();
     peer_b.set_read_timeout(Some(WAIT)).unwrap();
 
-    assert!(h.r.pause_reading(b));
+    assert!(h.r.pause_reading(b).is_ok());
     h.turn(&mut out, ms(10));
-    assert!(h.r.resume_reading(b));
-    assert!(h.r.pause_reading(b));
+    assert!(h.r.resume_reading(b).is_ok());
+    assert!(h.r.pause_reading(b).is_ok());
     h.run_for(&mut out, ms(300));
 
     assert!(
@@ -241,7 +241,7 @@ fn stale_event_for_a_freed_slot_never_reaches_the_new_connection() {
     );
 
     // B still works both ways.
-    assert!(h.r.resume_reading(b));
+    assert!(h.r.resume_reading(b).is_ok());
     peer_b.write_all(b"ping?").unwrap();
     let mut got = Vec::new();
     while got.len() < 5 {
@@ -279,7 +279,7 @@ fn paused_connection_with_old_unread_bytes_still_times_out() {
     let mut log = Vec::new();
     let mut client = TcpStream::connect(addr).unwrap();
     let conn = accept(&mut r, &mut log);
-    assert!(r.pause_reading(conn)); // in the turn that reported Accepted: nothing read yet
+    assert!(r.pause_reading(conn).is_ok()); // in the turn that reported Accepted: nothing read yet
     client.write_all(&[0]).unwrap(); // one byte, then silence (pings are never answered)
 
     let Some((ev, _)) = poll_until(&mut r, &mut log, 10 * timeout, is_end_of(conn)) else {
@@ -342,7 +342,7 @@ fn half_closed_peer_that_still_reads_is_not_declared_lost() {
             );
         }
     }
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     let (ev, _) = expect_event(&mut r, &mut log, WAIT, "Disconnected", is_end_of(conn));
     assert_eq!(cause_of(&ev), Cause::Closed);
     let got = peer.join().unwrap();
@@ -361,7 +361,7 @@ fn send_after_close_while_connecting_is_refused() {
     let mut r = Reactor::new(ReactorConfig::default()).unwrap();
     let conn = r.connect(addr, ConnConfig::default()).unwrap();
     assert_eq!(r.send(conn, Bytes::from_static(b"first")), Ok(()));
-    assert!(r.close(conn));
+    assert!(r.close(conn).is_ok());
     assert_eq!(
         r.send(conn, Bytes::from_static(b"after close")),
         Err(SendError::Closing),

@@ -116,13 +116,13 @@ fn heartloop_echo(ready: mpsc::Sender<SocketAddr>) {
                     let _ = reactor.send(conn, bytes);
                 }
                 Event::WriteBlocked { conn, .. } => {
-                    reactor.pause_reading(conn);
+                    let _ = reactor.pause_reading(conn);
                 }
                 Event::Writable { conn } => {
-                    reactor.resume_reading(conn);
+                    let _ = reactor.resume_reading(conn);
                 }
                 Event::PeerHalfClosed { conn } => {
-                    reactor.close(conn);
+                    let _ = reactor.close(conn);
                 }
                 _ => {}
             }
@@ -406,14 +406,14 @@ fn heartloop_fanout(ready: mpsc::Sender<FanoutAddrs>, msg: usize) {
                 Event::WriteBlocked { conn, .. } => {
                     blocked.insert(conn);
                     for &p in &publishers {
-                        reactor.pause_reading(p);
+                        let _ = reactor.pause_reading(p);
                     }
                 }
                 Event::Writable { conn } => {
                     blocked.remove(&conn);
                     if blocked.is_empty() {
                         for &p in &publishers {
-                            reactor.resume_reading(p);
+                            let _ = reactor.resume_reading(p);
                         }
                     }
                 }
@@ -421,7 +421,7 @@ fn heartloop_fanout(ready: mpsc::Sender<FanoutAddrs>, msg: usize) {
                     subs.retain(|&s| s != conn);
                     if blocked.remove(&conn) && blocked.is_empty() {
                         for &p in &publishers {
-                            reactor.resume_reading(p);
+                            let _ = reactor.resume_reading(p);
                         }
                     }
                 }

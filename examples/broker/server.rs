@@ -290,7 +290,7 @@ impl Server {
                 if c.eof {
                     self.close(key);
                 } else {
-                    self.reactor.resume_reading(c.conn);
+                    let _ = self.reactor.resume_reading(c.conn);
                 }
             }
         }
@@ -425,7 +425,7 @@ impl Server {
             {
                 let c = &mut self.clients[key];
                 c.held_by = Some(by);
-                self.reactor.pause_reading(c.conn);
+                let _ = self.reactor.pause_reading(c.conn);
                 self.held.push((key, c.conn));
                 self.fresh_hold = true;
                 break;
@@ -745,7 +745,7 @@ impl Server {
         c.cut = true;
         c.closing = true;
         c.out = BytesMut::new();
-        self.reactor.abort(c.conn);
+        let _ = self.reactor.abort(c.conn);
     }
 
     /// The ping logic of nats-server: run once per ping interval; if nothing came in for
@@ -836,7 +836,7 @@ impl Server {
     /// Flush what is batched, then close gracefully (the reactor flushes, then FIN).
     fn close(&mut self, key: usize) {
         self.flush(key);
-        self.reactor.close(self.clients[key].conn);
+        let _ = self.reactor.close(self.clients[key].conn);
     }
 
     fn disconnected(&mut self, conn: ConnId, cause: Cause) {

@@ -12,7 +12,7 @@ use super::expiry::Timeout;
 use super::table::Entry;
 use super::{ListenSocket, Reactor};
 use crate::config::ConnConfig;
-use crate::event::{Event, ListenerId, PeerAddr};
+use crate::event::{Event, ListenerId, PeerAddr, StaleId};
 use crate::lifecycle::Lifecycle;
 use crate::wheel::TimerKey;
 
@@ -149,17 +149,18 @@ impl Reactor {
         }
     }
 
-    /// Stop listening. Connections it accepted are not affected.
-    pub fn unlisten(&mut self, id: ListenerId) -> bool {
+    /// Stop listening. Connections it accepted are not affected. `Err(StaleId)` if the
+    /// listener was already closed.
+    pub fn unlisten(&mut self, id: ListenerId) -> Result<(), StaleId> {
         let Some(l) = self.table.listener_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         let _ = self.registry.deregister(&mut l.sock);
         if let Some(t) = l.retry_timer.take() {
             self.wheel.cancel(t);
         }
         self.table.remove(id);
-        true
+        Ok(())
     }
 
     /// A connect storm at `max_connections` logs one line a second, not one per peer.

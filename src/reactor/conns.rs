@@ -18,7 +18,7 @@ use super::{Conn, Reactor, Stream};
 use crate::cause::{Cause, ProtocolError};
 use crate::clock::later;
 use crate::config::ConnConfig;
-use crate::event::{ConnId, Event, PeerAddr, Readiness};
+use crate::event::{ConnId, Event, PeerAddr, Readiness, StaleId};
 use crate::heartbeat::Liveness;
 use crate::lifecycle::{Lifecycle, Step};
 
@@ -130,7 +130,7 @@ impl Reactor {
     /// the connection's `linger`. Ends with `Disconnected { cause: Closed }` at the peer's
     /// EOF, or when linger runs out with everything handed to the kernel; `SlowPeer` if
     /// linger ran out with bytes still queued. With nothing queued it ends at once.
-    /// Returns `false` for a stale id.
+    /// `Err(StaleId)` for a stale id.
     ///
     /// ```no_run
     /// # use bytes::Bytes;
@@ -142,13 +142,13 @@ impl Reactor {
     /// # let Some(Event::Data { conn, .. }) = events.pop() else { return Ok(()) };
     /// // Answer, then hang up: the answer is delivered before the FIN.
     /// let _ = reactor.send(conn, Bytes::from_static(b"bye\n"));
-    /// reactor.close(conn);
+    /// reactor.close(conn)?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn close(&mut self, id: ConnId) -> bool {
+    pub fn close(&mut self, id: ConnId) -> Result<(), StaleId> {
         let Some(c) = self.table.conn_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         match c.lc.on_close_requested(!c.out.is_empty()) {
             Step::End(cause) => {
@@ -160,7 +160,7 @@ impl Reactor {
             }
             step => self.obey(id, step),
         }
-        true
+        Ok(())
     }
 
     /// [`close`](Reactor::close), reporting `reason` as the cause
@@ -182,13 +182,13 @@ impl Reactor {
     /// #     if let Some(Event::Accepted { conn, .. }) = events.pop() { break conn; }
     /// # };
     /// let _ = reactor.send(conn, Bytes::from_static(b"-ERR unknown command\r\n"));
-    /// reactor.close_with(conn, ProtocolError::Other("unknown command".into()));
+    /// reactor.close_with(conn, ProtocolError::Other("unknown command".into()))?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn close_with(&mut self, id: ConnId, reason: ProtocolError) -> bool {
+    pub fn close_with(&mut self, id: ConnId, reason: ProtocolError) -> Result<(), StaleId> {
         let Some(c) = self.table.conn_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         if c.lc.can_send().is_ok() {
             c.close_reason = Some(reason); // not after an earlier close: that one stands
@@ -197,15 +197,15 @@ impl Reactor {
     }
 
     /// Close at once with a reset (`SO_LINGER` 0): queued bytes are dropped and the peer
-    /// sees `ECONNRESET`. Ends with `Disconnected { cause: Closed }`. `false` if stale.
-    pub fn abort(&mut self, id: ConnId) -> bool {
+    /// sees `ECONNRESET`. Ends with `Disconnected { cause: Closed }`. `Err(StaleId)` if stale.
+    pub fn abort(&mut self, id: ConnId) -> Result<(), StaleId> {
         let Some(c) = self.table.conn_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
         let step = c.lc.on_abort();
         self.obey(id, step);
-        true
+        Ok(())
     }
 
     /// Stop reading from the connection (read-side flow control). The peer's bytes wait in
@@ -226,32 +226,32 @@ impl Reactor {
     ///         // Echo: what we read goes back; a client that does not read its echo
     ///         // stops being read from, so it cannot grow our memory.
     ///         Event::Data { conn, bytes } => { let _ = reactor.send(conn, bytes); }
-    ///         Event::WriteBlocked { conn, .. } => { reactor.pause_reading(conn); }
-    ///         Event::Writable { conn } => { reactor.resume_reading(conn); }
+    ///         Event::WriteBlocked { conn, .. } => { let _ = reactor.pause_reading(conn); }
+    ///         Event::Writable { conn } => { let _ = reactor.resume_reading(conn); }
     ///         _ => {}
     ///     }
     /// }
     /// # Ok(())
     /// # }
     /// ```
-    pub fn pause_reading(&mut self, id: ConnId) -> bool {
+    pub fn pause_reading(&mut self, id: ConnId) -> Result<(), StaleId> {
         let Some(c) = self.table.conn_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         let step = c.lc.on_pause();
         self.obey(id, step);
-        true
+        Ok(())
     }
 
     /// Resume reading; what arrived meanwhile is read in the next turn.
-    pub fn resume_reading(&mut self, id: ConnId) -> bool {
+    pub fn resume_reading(&mut self, id: ConnId) -> Result<(), StaleId> {
         let Some(c) = self.table.conn_mut(id) else {
-            return false;
+            return Err(StaleId);
         };
         if c.lc.on_resume() == Step::Read {
             self.schedule_read(id);
         }
-        true
+        Ok(())
     }
 
     /// Whether reading is paused.

@@ -100,8 +100,8 @@ impl Reactor {
         for cmd in cmds.drain(..) {
             let ok = match cmd {
                 Command::Send(conn, bytes) => self.send(conn, bytes).is_ok(),
-                Command::Close(conn) => self.close(conn),
-                Command::Abort(conn) => self.abort(conn),
+                Command::Close(conn) => self.close(conn).is_ok(),
+                Command::Abort(conn) => self.abort(conn).is_ok(),
                 Command::SetTimer(after, tag, n) => {
                     let key = self.wheel.insert(
                         crate::clock::later(self.clock.now(), after),
@@ -113,7 +113,7 @@ impl Reactor {
                     self.handle_timers.insert(n, key);
                     true
                 }
-                Command::CancelTimer(n) => self.cancel_timer(TimerId(TimerRef::Handle(n))),
+                Command::CancelTimer(n) => self.cancel_timer(TimerId(TimerRef::Handle(n))).is_ok(),
             };
             if !ok {
                 self.stats.handle_dropped += 1;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::Reactor;
 use crate::clock::later;
 use crate::codec::{self, Framing};
-use crate::event::{ConnId, Event, ListenerId, TimerId, TimerRef};
+use crate::event::{ConnId, Event, ListenerId, StaleId, TimerId, TimerRef};
 use crate::heartbeat::{self, Verdict};
 
 /// What a wheel timer is for.
@@ -49,17 +49,17 @@ impl Reactor {
         ))
     }
 
-    /// Cancel a timer; `false` if it already fired or was cancelled (or, for a timer set
-    /// through a [`Handle`](crate::Handle), if the loop has not applied it yet).
-    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+    /// Cancel a timer; `Err(StaleId)` if it already fired or was cancelled (or, for a
+    /// timer set through a [`Handle`](crate::Handle), if the loop has not applied it yet).
+    pub fn cancel_timer(&mut self, id: TimerId) -> Result<(), StaleId> {
         let key = match id.0 {
             TimerRef::Wheel(k) => k,
             TimerRef::Handle(n) => match self.handle_timers.remove(&n) {
                 Some(k) => k,
-                None => return false,
+                None => return Err(StaleId),
             },
         };
-        self.wheel.cancel(key).is_some()
+        self.wheel.cancel(key).map(|_| ()).ok_or(StaleId)
     }
 
     pub(super) fn expire_timers(&mut self) {

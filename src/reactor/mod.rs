@@ -233,13 +233,13 @@ impl Reactor {
         }
         self.shutting_down = true;
         for id in self.table.listeners().collect::<Vec<_>>() {
-            self.unlisten(id);
+            let _ = self.unlisten(id);
         }
         for id in self.connections().collect::<Vec<_>>() {
             if let Some(c) = self.table.conn_mut(id) {
                 c.cfg.linger = c.cfg.linger.min(linger);
             }
-            self.close(id);
+            let _ = self.close(id);
         }
         self.check_shut_down();
     }

@@ -10,7 +10,7 @@ use super::Reactor;
 use super::expiry::Timeout;
 use crate::cause::Cause;
 use crate::codec::{self, Framing, Kind};
-use crate::event::{ConnId, Event};
+use crate::event::{ConnId, Event, StaleId};
 use crate::lifecycle::{Refused, Step};
 use crate::outbound::{OverflowPolicy, PushError, Watermark};
 
@@ -37,16 +37,22 @@ pub enum SendError {
     /// [`Reactor::close`] was already called on it; it is flushing and takes no more.
     Closing,
     /// Queuing would exceed the connection's hard limit or the reactor-wide cap. Nothing
-    /// was queued. With the `Disconnect` policy the connection is also ended as a slow peer.
+    /// was queued. With the `Disconnect` policy the connection may also have been ended as
+    /// a slow peer: `cut` says whether it was (its `Disconnected { cause: SlowPeer }`
+    /// follows as an event); with `cut == false` it is open and may be sent to again.
+    #[non_exhaustive]
     Full {
         /// Bytes queued for this connection.
         queued: usize,
         /// Bytes this send would have added.
         len: usize,
+        /// Whether the refusal also ended the connection (the `Disconnect` policy).
+        cut: bool,
     },
     /// The message is longer than the connection's framing can carry
     /// (`LengthDelimited`: a 32-bit length). Nothing was queued; the connection is not
     /// affected.
+    #[non_exhaustive]
     TooLarge {
         /// Bytes in the message.
         len: usize,
@@ -60,10 +66,15 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Stale => f.write_str("no such connection (it ended or never existed)"),
             SendError::Closing => f.write_str("connection is closing"),
-            SendError::Full { queued, len } => {
+            SendError::Full { queued, len, cut } => {
                 write!(
                     f,
-                    "outbound queue full: {queued} bytes queued, {len} more refused"
+                    "outbound queue full: {queued} bytes queued, {len} more refused{}",
+                    if *cut {
+                        "; the connection was cut as a slow peer"
+                    } else {
+                        ""
+                    }
                 )
             }
             SendError::TooLarge { len, max } => {
@@ -77,6 +88,12 @@ impl std::fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+impl From<StaleId> for SendError {
+    fn from(_: StaleId) -> SendError {
+        SendError::Stale
+    }
+}
 
 impl Reactor {
     /// Queue `bytes` for the peer (framed as the connection's framing says); written before
@@ -163,7 +180,8 @@ impl Reactor {
             let queued = self.table.conn(id).map_or(0, |c| c.out.queued());
             if !room || !self.is_open(id) {
                 self.stats.sends_rejected += 1;
-                return Err(SendError::Full { queued, len });
+                let cut = !self.is_open(id);
+                return Err(SendError::Full { queued, len, cut });
             }
         }
         let header = match framing {
@@ -249,7 +267,8 @@ impl Reactor {
             let step = c.lc.on_slow_peer(queued, Duration::ZERO);
             self.obey(id, step);
         }
-        SendError::Full { queued, len }
+        let cut = !self.is_open(id);
+        SendError::Full { queued, len, cut }
     }
 
     fn add_queued(&mut self, n: usize) {
