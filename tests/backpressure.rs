@@ -24,7 +24,6 @@ mod util;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,23 +33,12 @@ use heartloop::{
     Cause, Clock, ConnConfig, ConnId, Event, OutboundConfig, OverflowPolicy, Reactor,
     ReactorConfig, SendError,
 };
-use util::{Proc, SOCKET_WAIT, expect_event, manual_reactor, rss_kib, rss_kib_of};
+use util::{Proc, SOCKET_WAIT, expect_event, manual_reactor, ms, rss_kib, rss_kib_of, serial};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 /// Period of the `peer sink` pattern: byte `i` of the stream is `i % 251`.
 const PERIOD: usize = 251;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test at a time (RSS and latency are process-wide).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// The `peer sink` pattern, long enough to cut any `len <= max_chunk` bytes at any phase:
 /// `pattern.slice(off % PERIOD..)[..len]` is stream bytes `off..off + len`, without a copy.

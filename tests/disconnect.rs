@@ -29,7 +29,6 @@ use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,8 +36,8 @@ use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, ProtocolError, Reactor, ReactorConfig, SendError,
 };
 use util::{
-    Proc, advance, cpu_time_of, example_bin, expect_event, manual_reactor, step, tcp_queues, turn,
-    turn_until,
+    Proc, advance, cpu_time_of, example_bin, expect_event, listening, manual_reactor, serial, step,
+    tcp_queues, turn, turn_until,
 };
 
 /// The detection bound the issue gives: a peer process that went away is reported within
@@ -47,28 +46,13 @@ const DETECT: Duration = Duration::from_millis(100);
 /// Generous wait for things that are not timed: process start-up, lines, accepts.
 const WAIT: Duration = Duration::from_secs(20);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test at a time (latencies are measured).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ms(d: Duration) -> f64 {
+fn as_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// A `peer` process with `args` (its address is the first).
 fn peer(args: &[&str]) -> Proc {
     Proc::spawn(example_bin("peer"), args)
-}
-
-/// A reactor listening on 127.0.0.1 with `cfg`, and its address.
-fn listening(cfg: ConnConfig) -> (Reactor, SocketAddr) {
-    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
-    let l = r.listen("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
-    let addr = r.local_addr(l).unwrap();
-    (r, addr)
 }
 
 /// Spawn `peer ADDR MODE` against the reactor and wait for its `READY` and for the
@@ -116,7 +100,7 @@ fn disconnected(
 /// Print the latency and assert it is within `bound`.
 #[track_caller]
 fn report(what: &str, latency: Duration, bound: Duration) {
-    println!("LATENCY {what}: {:.3} ms", ms(latency));
+    println!("LATENCY {what}: {:.3} ms", as_ms(latency));
     assert!(
         latency < bound,
         "{what}: detected after {latency:?}, bound {bound:?}"
@@ -252,7 +236,7 @@ fn peer_half_close_in_half_close_mode_keeps_sending_then_closed() {
     assert_eq!(cause, Cause::Closed, "events: {log:?}");
     println!(
         "LATENCY local close after half-close -> Closed: {:.3} ms",
-        ms(lat)
+        as_ms(lat)
     );
     let got: usize = p.expect_line("GOT", WAIT).parse().unwrap();
     assert_eq!(got, (CHUNKS + 1) * CHUNK, "peer got {got} bytes");
@@ -380,7 +364,7 @@ fn local_end(
     assert_eq!(line, peer_line, "what the peer should see after our {what}");
     println!(
         "LATENCY local {what} -> peer prints {peer_line}: {:.3} ms",
-        ms(at - t0)
+        as_ms(at - t0)
     );
 }
 
@@ -706,7 +690,7 @@ fn echo_at_its_fd_limit_waits_calmly_then_serves_the_waiting_clients() {
     println!(
         "{} waiting clients served {:.0} ms after 30 fds were freed",
         CLIENTS - accepted.len(),
-        ms(served)
+        as_ms(served)
     );
     assert!(served < Duration::from_secs(5), "{served:?}");
 }
@@ -862,7 +846,7 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
         kinds[1],
         kinds[2],
         kinds[3],
-        ms(started.elapsed()),
+        as_ms(started.elapsed()),
         ledger.events
     );
     assert_eq!(ledger.accepted.len(), TOTAL);

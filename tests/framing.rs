@@ -5,30 +5,15 @@
 mod util;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use heartloop::codec::Decoder;
-use heartloop::{Cause, ConnConfig, ConnId, Event, Framing, ProtocolError, Reactor, ReactorConfig};
-use util::expect_event;
+use heartloop::{Cause, ConnConfig, ConnId, Event, Framing, ProtocolError};
+use util::{accept, expect_event, listening};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn listening(cfg: ConnConfig) -> (Reactor, SocketAddr) {
-    let mut r = Reactor::new(ReactorConfig::default()).unwrap();
-    let l = r.listen("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
-    let addr = r.local_addr(l).unwrap();
-    (r, addr)
-}
-
-#[track_caller]
-fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> ConnId {
-    let (ev, _) = expect_event(r, log, WAIT, "Accepted", |e| {
-        matches!(e, Event::Accepted { .. })
-    });
-    ev.conn().unwrap()
-}
 
 fn data_of(log: &[Event], conn: ConnId) -> Vec<Bytes> {
     log.iter()

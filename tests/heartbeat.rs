@@ -28,35 +28,12 @@ use heartloop::{
     Reactor, ReactorConfig,
 };
 use util::{
-    SOCKET_WAIT, advance, expect_event, manual_reactor, poll_for, settle, step, tcp_queues, turn,
-    turn_until,
+    SOCKET_WAIT, accept_at, advance, expect_event, listening, manual_reactor, ms, poll_for, settle,
+    step, tcp_queues, turn, turn_until,
 };
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn ld() -> Framing {
     Framing::length_delimited(1 << 20)
-}
-
-/// A reactor listening on loopback with `cfg`, and its address.
-fn listening(cfg: ConnConfig) -> (Reactor, SocketAddr) {
-    let mut r = Reactor::new(ReactorConfig::default()).expect("reactor");
-    let l = r
-        .listen("127.0.0.1:0".parse().unwrap(), cfg)
-        .expect("listen");
-    let addr = r.local_addr(l).expect("local_addr");
-    (r, addr)
-}
-
-/// Polls until the listener accepted a connection; returns it and when the turn returned.
-#[track_caller]
-fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> (ConnId, Instant) {
-    let (ev, at) = expect_event(r, log, Duration::from_secs(10), "Accepted", |e| {
-        matches!(e, Event::Accepted { .. })
-    });
-    (ev.conn().expect("conn"), at)
 }
 
 fn count(log: &[Event], pred: impl Fn(&Event) -> bool) -> usize {
@@ -247,7 +224,7 @@ fn heartbeat_connection_wakes_only_for_pings_and_pongs() {
         pongs
     });
     let mut log = Vec::new();
-    let (conn, _) = accept(&mut r, &mut log);
+    let (conn, _) = accept_at(&mut r, &mut log);
     let before = r.stats();
     let start = Instant::now();
     let mut evs = Vec::new();
@@ -287,7 +264,7 @@ fn silent_peer_is_heartbeat_timeout() {
     );
     let s = TcpStream::connect(addr).expect("connect"); // never sends, never reads
     let mut log = Vec::new();
-    let (conn, accepted) = accept(&mut r, &mut log);
+    let (conn, accepted) = accept_at(&mut r, &mut log);
     let (ev, at) = expect_event(
         &mut r,
         &mut log,
@@ -624,7 +601,7 @@ fn ping_is_not_held_behind_a_data_backlog() {
         (first_ping_at, frames, data, s)
     });
     let mut log = Vec::new();
-    let (conn, _) = accept(&mut r, &mut log);
+    let (conn, _) = accept_at(&mut r, &mut log);
     for i in 0..FRAMES {
         r.send(conn, Bytes::from(vec![i as u8; FRAME]))
             .expect("send");

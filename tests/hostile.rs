@@ -17,7 +17,7 @@ use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor,
     ReactorConfig, SendError,
 };
-use util::expect_event;
+use util::{accept, expect_event, listening, listening_with};
 
 const WAIT: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
@@ -25,23 +25,6 @@ const KIB: usize = 1024;
 fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn listening(rcfg: ReactorConfig, cfg: ConnConfig) -> (Reactor, SocketAddr) {
-    let mut r = Reactor::new(rcfg).expect("reactor");
-    let l = r
-        .listen("127.0.0.1:0".parse().unwrap(), cfg)
-        .expect("listen");
-    let addr = r.local_addr(l).expect("local_addr");
-    (r, addr)
-}
-
-#[track_caller]
-fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> ConnId {
-    let (ev, _) = expect_event(r, log, WAIT, "Accepted", |e| {
-        matches!(e, Event::Accepted { .. })
-    });
-    ev.conn().expect("conn")
 }
 
 /// A length-delimited frame header (4-byte big-endian length, kind byte).
@@ -71,7 +54,7 @@ fn ping_flood_from_a_peer_that_never_reads_stays_bounded_and_fast() {
         .framing(Framing::length_delimited(1 << 20))
         .outbound(OutboundConfig::limit(64 * KIB, OverflowPolicy::Disconnect));
     let rcfg = ReactorConfig::default().total_queued_limit(256 * KIB, OverflowPolicy::Reject);
-    let (mut r, addr) = listening(rcfg, cfg);
+    let (mut r, addr) = listening_with(rcfg, cfg);
     let mut log = Vec::new();
     let mut peer = TcpStream::connect(addr).unwrap();
     let conn = accept(&mut r, &mut log);
@@ -120,7 +103,7 @@ fn ping_flood_from_a_peer_that_never_reads_stays_bounded_and_fast() {
 fn claimed_frame_lengths_reserve_nothing_like_the_claim() {
     let _s = serial();
     let cfg = ConnConfig::default().framing(Framing::length_delimited(256 << 20));
-    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let (mut r, addr) = listening(cfg);
     let mut log = Vec::new();
     let before = vm_data_kib();
     let mut peers = Vec::new();
@@ -156,7 +139,7 @@ fn claimed_frame_lengths_reserve_nothing_like_the_claim() {
 fn empty_and_tiny_frames_cannot_flood_the_owner_with_events() {
     let _s = serial();
     let cfg = ConnConfig::default().framing(Framing::length_delimited(1 << 20));
-    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let (mut r, addr) = listening(cfg);
     let mut log = Vec::new();
     let mut peer = TcpStream::connect(addr).unwrap();
     let conn = accept(&mut r, &mut log);
@@ -213,7 +196,7 @@ fn extreme_settings_through_the_api_never_panic() {
         .linger(forever)
         .connect_timeout(Some(forever));
     let rcfg = ReactorConfig::default().accept_backoff(forever);
-    let (mut r, addr) = listening(rcfg, cfg);
+    let (mut r, addr) = listening_with(rcfg, cfg);
     let mut log = Vec::new();
     // A user timer and a handle timer that never fire.
     let t = r.set_timer(forever, 1);
@@ -281,7 +264,7 @@ fn the_reactor_wide_cap_cuts_the_connections_that_hold_the_memory() {
     let cfg =
         ConnConfig::default().outbound(OutboundConfig::limit(4 << 20, OverflowPolicy::Reject));
     let rcfg = ReactorConfig::default().total_queued_limit(1 << 20, OverflowPolicy::Disconnect);
-    let (mut r, addr) = listening(rcfg, cfg);
+    let (mut r, addr) = listening_with(rcfg, cfg);
     let mut log = Vec::new();
     let _hog_peer = TcpStream::connect(addr).unwrap();
     let hog = accept(&mut r, &mut log);

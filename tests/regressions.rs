@@ -14,35 +14,13 @@ use bytes::Bytes;
 use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, Reactor, ReactorConfig, SendError,
 };
-use util::{expect_event, poll_until};
+use util::{accept, expect_event, listening, ms, poll_until};
 
 /// Generous wait for things that are not timed: accepts, connects, reads.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-/// A reactor listening on loopback with `cfg`, and its address.
-fn listening(cfg: ConnConfig) -> (Reactor, SocketAddr) {
-    let mut r = Reactor::new(ReactorConfig::default()).expect("reactor");
-    let l = r.listen(local(), cfg).expect("listen");
-    let addr = r.local_addr(l).expect("local_addr");
-    (r, addr)
-}
-
-/// Polls until the listener accepted a connection and returns it. Returns right after
-/// the turn that reported it, so the caller acts before the reactor's next turn.
-#[track_caller]
-fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> ConnId {
-    let (ev, _) = expect_event(r, log, WAIT, "Accepted", |e| {
-        matches!(e, Event::Accepted { .. })
-    });
-    ev.conn().expect("conn")
 }
 
 fn is_end_of(conn: ConnId) -> impl Fn(&Event) -> bool {

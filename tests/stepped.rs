@@ -15,11 +15,7 @@ use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor,
     ReactorConfig,
 };
-use util::{SOCKET_WAIT, manual_reactor, settle, step, turn, turn_until};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use util::{SOCKET_WAIT, manual_reactor, ms, settle, step, turn, turn_until};
 
 /// A reactor on a manual clock listening on loopback with `cfg`, a peer socket connected
 /// to it that reads nothing (64 KiB receive buffer; non-blocking), and the accepted

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, PeerAddr,
+    Cause, ConnConfig, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, PeerAddr,
     Reactor, ReactorConfig,
 };
-use util::expect_event;
+use util::{accept, end_of, expect_event};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,28 +47,6 @@ fn serve(dir: &TempDir, cfg: ConnConfig) -> Reactor {
         PeerAddr::Unix(Some(dir.sock()))
     );
     r
-}
-
-#[track_caller]
-fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> ConnId {
-    let (ev, _) = expect_event(r, log, WAIT, "Accepted", |e| {
-        matches!(e, Event::Accepted { .. })
-    });
-    ev.conn().unwrap()
-}
-
-/// The cause of `conn`'s end: from the events seen so far, or polling for it.
-#[track_caller]
-fn end_of(r: &mut Reactor, log: &mut Vec<Event>, conn: ConnId) -> Cause {
-    let is_end = |e: &Event| matches!(e, Event::Disconnected { conn: c, .. } if *c == conn);
-    let ev = match log.iter().find(|e| is_end(e)) {
-        Some(ev) => ev.clone(),
-        None => expect_event(r, log, WAIT, "Disconnected", is_end).0,
-    };
-    match ev {
-        Event::Disconnected { cause, .. } => cause,
-        _ => unreachable!(),
-    }
 }
 
 #[test]

@@ -403,3 +403,68 @@ pub fn step(r: &mut Reactor, clock: &Clock, by: Duration, log: &mut Vec<Event>) 
 pub fn matching(log: &[Event], pred: impl Fn(&Event) -> bool) -> Vec<Event> {
     log.iter().filter(|e| pred(e)).cloned().collect()
 }
+
+// ------------------------------------------------------------------ small shared helpers
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// How long the helpers below wait for an event before failing.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// A reactor (default config) listening on 127.0.0.1 with `cfg`, and its address.
+pub fn listening(cfg: heartloop::ConnConfig) -> (Reactor, std::net::SocketAddr) {
+    listening_with(ReactorConfig::default(), cfg)
+}
+
+/// A reactor with `rcfg` listening on 127.0.0.1 with `cfg`, and its address.
+pub fn listening_with(
+    rcfg: ReactorConfig,
+    cfg: heartloop::ConnConfig,
+) -> (Reactor, std::net::SocketAddr) {
+    let mut r = Reactor::new(rcfg).expect("reactor");
+    let l = r
+        .listen("127.0.0.1:0".parse().unwrap(), cfg)
+        .expect("listen");
+    let addr = r.local_addr(l).expect("local_addr");
+    (r, addr)
+}
+
+/// Polls until a listener accepted a connection; returns it and when its turn returned
+/// (right after that turn, so the caller acts before the reactor's next one).
+#[track_caller]
+pub fn accept_at(r: &mut Reactor, log: &mut Vec<Event>) -> (heartloop::ConnId, Instant) {
+    let (ev, at) = expect_event(r, log, EVENT_WAIT, "Accepted", |e| {
+        matches!(e, Event::Accepted { .. })
+    });
+    (ev.conn().expect("conn"), at)
+}
+
+/// [`accept_at`] without the time.
+#[track_caller]
+pub fn accept(r: &mut Reactor, log: &mut Vec<Event>) -> heartloop::ConnId {
+    accept_at(r, log).0
+}
+
+/// The cause of `conn`'s end: from the events seen so far, or polling for it.
+#[track_caller]
+pub fn end_of(r: &mut Reactor, log: &mut Vec<Event>, conn: heartloop::ConnId) -> heartloop::Cause {
+    let is_end = |e: &Event| matches!(e, Event::Disconnected { conn: c, .. } if *c == conn);
+    let ev = match log.iter().find(|e| is_end(e)) {
+        Some(ev) => ev.clone(),
+        None => expect_event(r, log, EVENT_WAIT, "Disconnected", is_end).0,
+    };
+    match ev {
+        Event::Disconnected { cause, .. } => cause,
+        _ => unreachable!(),
+    }
+}
+
+/// Runs tests of one binary that must not overlap (they measure memory or timing of the
+/// whole process) one at a time: hold the guard for the test's length.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
