@@ -126,7 +126,7 @@ impl Framing {
 /// then holds more than the framing's `max_buffered` bytes the connection ends with
 /// [`ProtocolError::MessageTooLarge`]. An error ends the connection with
 /// [`Cause::Protocol`](crate::Cause::Protocol).
-pub trait Decoder: std::fmt::Debug {
+pub trait Decoder: std::fmt::Debug + Send {
     /// Take one whole message off the front of `buf` (split it off: no copy), or return
     /// `Ok(None)` if `buf` does not hold one yet. Don't rescan bytes searched in an
     /// earlier call: a peer that trickles a byte at a time would make that quadratic.

@@ -237,6 +237,12 @@ pub enum Event {
         /// Its readiness.
         readiness: Readiness,
     },
+    /// Values wait in the [`channel`](crate::channel) made with this tag: drain its
+    /// [`Receiver`](crate::Receiver). Given once per burst of sends, not once per value.
+    Mail {
+        /// The channel's tag.
+        tag: u64,
+    },
 }
 
 impl Event {
@@ -251,7 +257,9 @@ impl Event {
             | Event::Writable { conn }
             | Event::HeartbeatDue { conn }
             | Event::Disconnected { conn, .. } => Some(*conn),
-            Event::Timer { .. } | Event::Source { .. } | Event::ShutDown => None,
+            Event::Timer { .. } | Event::Source { .. } | Event::ShutDown | Event::Mail { .. } => {
+                None
+            }
         }
     }
 }

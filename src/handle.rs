@@ -23,6 +23,8 @@ pub(crate) enum Command {
     Abort(ConnId),
     SetTimer(Duration, u64, u64),
     CancelTimer(u64),
+    /// A [`channel`](crate::channel) with this tag has values waiting.
+    Mail(u64),
 }
 
 /// State shared by the reactor and its handles.
@@ -153,7 +155,7 @@ impl Handle {
         self.shared.waker.wake().map_err(|_| HandleError::Wake)
     }
 
-    fn push(&self, cmd: Command) -> Result<(), HandleError> {
+    pub(crate) fn push(&self, cmd: Command) -> Result<(), HandleError> {
         let s = &*self.shared;
         if s.gone.load(Ordering::Acquire) {
             return Err(HandleError::ReactorGone);

@@ -187,6 +187,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod cause;
+mod channel;
 mod clock;
 pub mod codec;
 mod config;
@@ -216,6 +217,7 @@ pub mod wheel;
 mod wheel;
 
 pub use cause::{Cause, ProtocolError};
+pub use channel::{Member, Receiver, Sender, TrySendError, channel, mesh};
 pub use clock::Clock;
 pub use codec::Framing;
 pub use config::{ConnConfig, Keepalive, ReactorConfig};
@@ -223,5 +225,7 @@ pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, StaleI
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
 pub use outbound::{OutboundConfig, OverflowPolicy};
-pub use reactor::{ListenOptions, Reactor, SendError, TOKEN_SPAN};
+pub use reactor::{
+    AttachError, DetachError, Detached, ListenOptions, Reactor, SendError, TOKEN_SPAN,
+};
 pub use stats::{DisconnectCounts, Stats};

@@ -200,6 +200,19 @@ impl Lifecycle {
         )
     }
 
+    /// Whether the connection may be handed to another reactor
+    /// ([`Reactor::detach`](crate::Reactor::detach)): open, and nothing of the peer's end
+    /// seen yet (a FIN or an error is reported by the reactor that saw it).
+    pub(crate) fn can_hand_over(&self) -> bool {
+        matches!(
+            self.state,
+            State::Open {
+                peer: PeerSide::Sending,
+                ..
+            }
+        )
+    }
+
     /// Whether the owner may queue bytes.
     pub(crate) fn can_send(&self) -> Result<(), Refused> {
         match self.state {

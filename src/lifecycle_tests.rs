@@ -335,30 +335,30 @@ fn queries_per_state() {
     const OK: Result<(), Refused> = Ok(());
     const CLOSING_ERR: Result<(), Refused> = Err(Refused::Closing);
     const ENDED_ERR: Result<(), Refused> = Err(Refused::Ended);
-    // state, wants_read, is_paused, may_ping, can_send, is_connecting
+    // state, wants_read, is_paused, may_ping, can_send, is_connecting, can_hand_over
     let rows = [
-        (CONN,         false, false, false, OK,          true),
-        (CONN_P,       false, true,  false, OK,          true),
-        (CONN_CL,      false, false, false, CLOSING_ERR, true),
-        (CONN_CL_P,    false, true,  false, CLOSING_ERR, true),
-        (OPEN,         true,  false, true,  OK,          false),
-        (OPEN_P,       false, true,  true,  OK,          false),
-        (FIN_SEEN,     true,  false, true,  OK,          false),
-        (FIN_SEEN_P,   false, true,  true,  OK,          false),
-        (HALF,         false, false, true,  OK,          false),
-        (HALF_P,       false, true,  true,  OK,          false),
-        (CLOSING,      true,  false, true,  CLOSING_ERR, false),
-        (CLOSING_EOF,  false, false, true,  CLOSING_ERR, false),
-        (FIN_SENT,     true,  false, false, CLOSING_ERR, false),
-        (FIN_SENT_EOF, false, false, false, CLOSING_ERR, false),
-        (ENDED,        false, false, false, ENDED_ERR,   false),
+        (CONN,         false, false, false, OK,          true, false),
+        (CONN_P,       false, true,  false, OK,          true, false),
+        (CONN_CL,      false, false, false, CLOSING_ERR, true, false),
+        (CONN_CL_P,    false, true,  false, CLOSING_ERR, true, false),
+        (OPEN,         true,  false, true,  OK,          false, true),
+        (OPEN_P,       false, true,  true,  OK,          false, true),
+        (FIN_SEEN,     true,  false, true,  OK,          false, false),
+        (FIN_SEEN_P,   false, true,  true,  OK,          false, false),
+        (HALF,         false, false, true,  OK,          false, false),
+        (HALF_P,       false, true,  true,  OK,          false, false),
+        (CLOSING,      true,  false, true,  CLOSING_ERR, false, false),
+        (CLOSING_EOF,  false, false, true,  CLOSING_ERR, false, false),
+        (FIN_SENT,     true,  false, false, CLOSING_ERR, false, false),
+        (FIN_SENT_EOF, false, false, false, CLOSING_ERR, false, false),
+        (ENDED,        false, false, false, ENDED_ERR,   false, false),
     ];
     assert_eq!(rows.map(|r| r.0), ALL_STATES);
-    for (state, wants_read, paused, may_ping, can_send, connecting) in rows {
+    for (state, wants_read, paused, may_ping, can_send, connecting, hand_over) in rows {
         for half_close in [false, true] {
             let lc = Lifecycle { state, half_close };
-            let got = (lc.wants_read(), lc.is_paused(), lc.may_ping(), lc.can_send(), lc.is_connecting());
-            assert_eq!(got, (wants_read, paused, may_ping, can_send, connecting), "{state:?} {half_close}");
+            let got = (lc.wants_read(), lc.is_paused(), lc.may_ping(), lc.can_send(), lc.is_connecting(), lc.can_hand_over());
+            assert_eq!(got, (wants_read, paused, may_ping, can_send, connecting, hand_over), "{state:?} {half_close}");
         }
     }
 }

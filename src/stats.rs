@@ -60,6 +60,33 @@ impl DisconnectCounts {
     }
 }
 
+impl std::ops::AddAssign for DisconnectCounts {
+    fn add_assign(&mut self, o: DisconnectCounts) {
+        let DisconnectCounts {
+            peer_closed,
+            reset,
+            heartbeat_timeout,
+            timed_out,
+            slow_peer,
+            connect_refused,
+            connect_timeout,
+            protocol,
+            io,
+            closed,
+        } = o;
+        self.peer_closed += peer_closed;
+        self.reset += reset;
+        self.heartbeat_timeout += heartbeat_timeout;
+        self.timed_out += timed_out;
+        self.slow_peer += slow_peer;
+        self.connect_refused += connect_refused;
+        self.connect_timeout += connect_timeout;
+        self.protocol += protocol;
+        self.io += io;
+        self.closed += closed;
+    }
+}
+
 /// Counters kept by the reactor ([`Reactor::stats`](crate::Reactor::stats)). Plain integers,
 /// updated on the loop thread; reading them costs nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,4 +133,78 @@ pub struct Stats {
     /// The longest turn's work, in microseconds: from the OS poll's return to the events'
     /// hand-over (the time every other connection waited on one turn). Owned mode only.
     pub longest_turn_us: u64,
+    /// Connections handed to another reactor ([`Reactor::detach`](crate::Reactor::detach)).
+    pub detached: u64,
+    /// Connections taken over from another reactor ([`Reactor::attach`](crate::Reactor::attach)).
+    pub attached: u64,
+}
+
+/// Summing the stats of several reactors (one per core) gives the whole process's
+/// figures: counters and current levels add up; `longest_turn_us` is the longest of all;
+/// `bytes_queued_peak` is the sum of each reactor's peak (an upper bound of the process's
+/// peak, reached only if all peaked at once).
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        // Destructured in full: a new field fails to compile here until it is summed.
+        let Stats {
+            turns,
+            wakeups,
+            os_events,
+            events,
+            accepted,
+            rejected,
+            accept_backoffs,
+            connected,
+            open_connections,
+            disconnects,
+            bytes_read,
+            bytes_written,
+            bytes_queued,
+            bytes_queued_peak,
+            write_calls,
+            read_calls,
+            pings,
+            sends_rejected,
+            handle_dropped,
+            longest_turn_us,
+            detached,
+            attached,
+        } = o;
+        self.turns += turns;
+        self.wakeups += wakeups;
+        self.os_events += os_events;
+        self.events += events;
+        self.accepted += accepted;
+        self.rejected += rejected;
+        self.accept_backoffs += accept_backoffs;
+        self.connected += connected;
+        self.open_connections += open_connections;
+        self.disconnects += disconnects;
+        self.bytes_read += bytes_read;
+        self.bytes_written += bytes_written;
+        self.bytes_queued += bytes_queued;
+        self.bytes_queued_peak += bytes_queued_peak;
+        self.write_calls += write_calls;
+        self.read_calls += read_calls;
+        self.pings += pings;
+        self.sends_rejected += sends_rejected;
+        self.handle_dropped += handle_dropped;
+        self.longest_turn_us = self.longest_turn_us.max(longest_turn_us);
+        self.detached += detached;
+        self.attached += attached;
+    }
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+    fn add(mut self, o: Stats) -> Stats {
+        self += o;
+        self
+    }
+}
+
+impl std::iter::Sum for Stats {
+    fn sum<I: Iterator<Item = Stats>>(iter: I) -> Stats {
+        iter.fold(Stats::default(), |a, b| a + b)
+    }
 }

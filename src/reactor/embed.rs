@@ -114,6 +114,10 @@ impl Reactor {
                     true
                 }
                 Command::CancelTimer(n) => self.cancel_timer(TimerId(TimerRef::Handle(n))).is_ok(),
+                Command::Mail(tag) => {
+                    self.pending.push(Event::Mail { tag });
+                    true
+                }
             };
             if !ok {
                 self.stats.handle_dropped += 1;

@@ -128,6 +128,32 @@ impl Table {
         Ok(key)
     }
 
+    /// The key and token the next [`insert`](Table::insert) would use, without inserting:
+    /// register a socket under the token, then [`fill`](Table::fill) the slot. Nothing may
+    /// be inserted or removed in between.
+    pub(crate) fn reserve(&self) -> io::Result<(Key, Token)> {
+        let index = self.slab.vacant_key();
+        if index > INDEX_MASK {
+            return Err(io::Error::other("reactor table full (2^24 entries)"));
+        }
+        let key = Key {
+            index: index as u32,
+            serial: self.next_serial,
+        };
+        Ok((key, self.token(key)))
+    }
+
+    /// Insert `entry` under a key [`reserve`](Table::reserve) just gave.
+    pub(crate) fn fill(&mut self, key: Key, entry: Entry) {
+        debug_assert_eq!(key.index as usize, self.slab.vacant_key());
+        debug_assert_eq!(key.serial, self.next_serial);
+        self.next_serial += 1;
+        self.slab.insert(Slot {
+            serial: key.serial,
+            entry,
+        });
+    }
+
     fn token(&self, key: Key) -> Token {
         let bits = ((key.serial & GEN_MASK) as usize) << INDEX_BITS | key.index as usize;
         Token(self.base + 1 + bits)

@@ -271,7 +271,7 @@ impl Reactor {
         SendError::Full { queued, len, cut }
     }
 
-    fn add_queued(&mut self, n: usize) {
+    pub(super) fn add_queued(&mut self, n: usize) {
         self.stats.bytes_queued += n as u64;
         self.stats.bytes_queued_peak = self.stats.bytes_queued_peak.max(self.stats.bytes_queued);
     }
