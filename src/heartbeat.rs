@@ -56,12 +56,40 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// Declare the peer lost when nothing was received for this long.
     pub timeout: Duration,
+    /// Whether this side sends pings of its own ([`Heartbeat::new`]), or only answers
+    /// the peer's ([`Heartbeat::answer_only`]).
+    pub pings: bool,
 }
 
 impl Heartbeat {
-    /// Settings with the given ping `interval` and expiry `timeout`.
+    /// Settings with the given ping `interval` and expiry `timeout`: this side pings when
+    /// it was silent for `interval` (or the peer was, once per interval), and declares the
+    /// peer lost after `timeout` without a byte from it. Either side, or both, may use it;
+    /// with equal settings on both sides one of them ends up pinging and the other
+    /// answering (see [`Liveness::on_ping_answered`]).
     pub const fn new(interval: Duration, timeout: Duration) -> Self {
-        Self { interval, timeout }
+        Self {
+            interval,
+            timeout,
+            pings: true,
+        }
+    }
+
+    /// The follower's settings for *server-led* heartbeats: never ping, answer the peer's
+    /// pings (built in for length-delimited framing), and declare the peer lost after
+    /// `timeout` without a byte from it (its pings count). The server uses
+    /// [`Heartbeat::new`] with an interval well below this `timeout`, and pings every
+    /// connection on its own coalesced schedule
+    /// ([`ReactorConfig::heartbeat_slack`](crate::ReactorConfig::heartbeat_slack)): the
+    /// pongs come back in bursts right after each round of pings, so a server with tens
+    /// of thousands of idle connections wakes a few times per slack period instead of at
+    /// every client's own moment. NATS servers ping their clients this way.
+    pub const fn answer_only(timeout: Duration) -> Self {
+        Self {
+            interval: timeout,
+            timeout,
+            pings: false,
+        }
     }
 }
 
@@ -161,8 +189,11 @@ impl Liveness {
 
     /// When a ping is due: `last_sent + interval` (we were silent), or
     /// `max(last_recv, last_ping) + interval` (the peer was silent and not probed since),
-    /// whichever comes first.
+    /// whichever comes first; never for [`Heartbeat::answer_only`].
     pub fn ping_due_at(&self) -> Instant {
+        if !self.cfg.pings {
+            return later(self.last_recv, Duration::MAX); // never
+        }
         let we_silent = later(self.last_sent, self.cfg.interval);
         let peer_silent = later(self.last_recv.max(self.last_ping), self.cfg.interval);
         we_silent.min(peer_silent)
@@ -390,6 +421,36 @@ mod tests {
             }
         }
         expired
+    }
+
+    #[test]
+    fn answer_only_never_pings_and_expires_after_timeout() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(Heartbeat::answer_only(ms(300)), t0);
+        // Silent both ways for just under the timeout: no ping is ever due.
+        for t in 0..300 {
+            assert_eq!(l.poll(t0 + ms(t)), Verdict::Alive, "at {t} ms");
+        }
+        assert_eq!(
+            l.next_deadline(),
+            t0 + ms(300),
+            "the only deadline is expiry"
+        );
+        // The leader's ping arrives and is answered: still no ping of our own.
+        l.on_recv(t0 + ms(250));
+        l.on_ping_answered(t0 + ms(250));
+        for t in 250..550 {
+            assert_eq!(l.poll(t0 + ms(t)), Verdict::Alive, "at {t} ms");
+        }
+        assert_eq!(
+            l.poll(t0 + ms(550)),
+            Verdict::Expired {
+                silent_for: ms(300)
+            }
+        );
+        // A leader with the usual settings does ping after its interval.
+        let lead = Liveness::new(Heartbeat::new(ms(100), ms(300)), t0);
+        assert_eq!(lead.poll(t0 + ms(100)), Verdict::PingDue);
     }
 
     #[test]

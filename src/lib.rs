@@ -132,7 +132,7 @@
 //! ```compile_fail,E0639
 //! // Settings are built with constructors, not literals.
 //! let hb = heartloop::Heartbeat { interval: std::time::Duration::from_secs(1),
-//!                                 timeout: std::time::Duration::from_secs(3) };
+//!                                 timeout: std::time::Duration::from_secs(3), pings: true };
 //! ```
 //! ```compile_fail,E0639
 //! let k = heartloop::Keepalive { idle: std::time::Duration::from_secs(1),

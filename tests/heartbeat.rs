@@ -646,3 +646,73 @@ fn ping_is_not_held_behind_a_data_backlog() {
     eprintln!("first ping after {at} of {data} data bytes ({backlog} queued when due)");
     assert_eq!(count(&log, is_disconnect), 0, "events {log:?}");
 }
+
+/// Server-led heartbeats, stepped time: a follower (`Heartbeat::answer_only`) never pings,
+/// however long it is quiet; it answers every ping of the leader with a pong; the leader's
+/// pings keep it from declaring the leader lost; when the pings stop, the verdict comes one
+/// timeout after the last one, not earlier.
+#[test]
+fn an_answer_only_follower_never_pings_answers_and_expires_on_silence() {
+    let timeout = ms(3000);
+    let cfg = ConnConfig::default()
+        .framing(ld())
+        .heartbeat(Heartbeat::answer_only(timeout));
+    let (mut r, clock, addr) = stepped_listening(cfg);
+    let mut leader = TcpStream::connect(addr).expect("connect");
+    leader.set_nonblocking(true).unwrap();
+    let mut log = Vec::new();
+    let conn = stepped_accept(&mut r, &mut log);
+    let mut got = Vec::new();
+    let drain = |leader: &mut TcpStream, got: &mut Vec<u8>| {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = leader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    // Quiet for just under the timeout, in 100 ms steps: not a byte from the follower.
+    for _ in 0..29 {
+        step(&mut r, &clock, ms(100), &mut log);
+    }
+    drain(&mut leader, &mut got);
+    assert!(got.is_empty(), "the follower pinged: {got:?}");
+    assert_eq!(r.stats().pings, 0);
+    // The leader pings every second for five seconds (longer than the timeout): each
+    // ping is answered by a pong, and the follower stays.
+    let ping = [0, 0, 0, 0, Kind::Ping as u8];
+    let pong = [0, 0, 0, 0, Kind::Pong as u8];
+    for round in 1..=5 {
+        leader.write_all(&ping).unwrap();
+        turn_until(&mut r, &mut log, "the pong", |_, _| {
+            drain(&mut leader, &mut got);
+            got.len() == round * HEADER_LEN
+        });
+        assert_eq!(&got[got.len() - HEADER_LEN..], &pong, "round {round}");
+        for _ in 0..10 {
+            step(&mut r, &clock, ms(100), &mut log);
+        }
+        assert!(r.is_open(conn), "round {round}: declared lost; {log:?}");
+    }
+    assert_eq!(r.stats().pings, 0, "answering is not pinging");
+    // The pings stop. The last one was read 1 s ago (5 × 100 ms steps after it... at the
+    // turn of its pong): the verdict comes 3 s after that read, exactly.
+    for _ in 0..19 {
+        step(&mut r, &clock, ms(100), &mut log);
+    }
+    assert!(r.is_open(conn), "declared lost before the timeout; {log:?}");
+    let evs = advance(&mut r, &clock, ms(100), &mut log);
+    assert_eq!(
+        ended(&evs),
+        Some((
+            conn,
+            Cause::HeartbeatTimeout {
+                silent_for: timeout
+            }
+        )),
+        "{log:?}"
+    );
+    drain(&mut leader, &mut got);
+    assert_eq!(got.len(), 5 * HEADER_LEN, "no ping from the follower, ever");
+}
