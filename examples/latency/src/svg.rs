@@ -34,7 +34,7 @@ impl Series {
 const W: f64 = 820.0;
 const H: f64 = 500.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 24.0;
+const RIGHT: f64 = 44.0;
 const TOP: f64 = 48.0;
 const BOTTOM: f64 = 56.0;
 /// The most nines shown (99.9999%); rows beyond are drawn at the right edge.

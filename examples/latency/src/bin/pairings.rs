@@ -16,7 +16,7 @@
 //!
 //! Options: `--rounds N` (3), `--secs S` (3, per client run), `--size BYTES` (64),
 //! `--out DIR` (`target/pairings`: the table as `pairings.md`, the plot as
-//! `pairings.svg`, each run's files), `--echo PATH` and `--latency PATH` (default: the
+//! `pairings.svg`, each pairing's merged `.hgrm`, each run's files), `--echo PATH` and `--latency PATH` (default: the
 //! binaries next to this one, `examples/echo` and `latency`), `--sockperf PATH`.
 
 use std::io::{BufRead, BufReader};
@@ -221,7 +221,13 @@ fn run(o: &Opts) -> Result<(), String> {
             col(|r| r.p99),
             col(|r| r.cpu_per_rt_us)
         );
-        let d = hgrm::parse(&hgrm::write(&merged[idx]))?;
+        // Every round merged, kept as a .hgrm too (`latency plot` redraws from them).
+        let text = hgrm::write(&merged[idx]);
+        let file = o
+            .out
+            .join(format!("{}-to-{}.hgrm", client.name(), server.name()));
+        std::fs::write(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let d = hgrm::parse(&text)?;
         series.push(svg::Series::from_distribution(
             &format!("{} → {}", client.name(), server.name()),
             &d,
