@@ -14,6 +14,11 @@
 //!   big-endian length, a kind byte 0 = data, 1 = ping, 2 = pong, then the payload; MAX
 //!   defaults to 1 MiB, a longer frame ends the connection as a protocol error). The
 //!   reactor answers pings with pongs itself; every data frame is echoed as a data frame.
+//! * `--protocol echo|sockperf`: `echo` (the default) sends back what arrives; `sockperf`
+//!   answers sockperf's TCP messages as `sockperf server` does (`examples/common/sockperf.rs`:
+//!   14-byte header, the reply is the request with its client flag cleared, warm-up and
+//!   no-pong messages get none), so `sockperf ping-pong --tcp` measures heartloop; it
+//!   replaces `--framing`.
 //! * `--heartbeat-ms N`: declare a peer lost after 3 × N ms of silence. With `ld` framing
 //!   the reactor also pings a quiet peer every N ms; with `raw` the echo has no ping of its
 //!   own, so this only detects silent peers.
@@ -63,13 +68,16 @@
 
 use std::time::Duration;
 
+#[path = "common/sockperf.rs"]
+mod sockperf;
+
 use bytes::Bytes;
 use heartloop::{
     ConnConfig, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor, ReactorConfig,
     SendError,
 };
 
-const USAGE: &str = "usage: echo [--addr HOST:PORT] [--framing raw|ld[:MAX]] [--heartbeat-ms N] \
+const USAGE: &str = "usage: echo [--addr HOST:PORT] [--framing raw|ld[:MAX]] [--protocol echo|sockperf] [--heartbeat-ms N] \
                      [--max-queued BYTES] [--max-total-queued BYTES] [--sndbuf BYTES] \
                      [--always-zero-copy] [--stats-secs N] [--turn-cpu]";
 
@@ -84,12 +92,20 @@ fn main() -> std::io::Result<()> {
     let mut turn_cpu = false;
     let mut sndbuf = None;
     let mut always_zero_copy = false;
+    let mut sockperf_protocol = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&a));
         match a.as_str() {
             "--addr" => addr = val(),
             "--framing" => framing = parse_framing(&val()).unwrap_or_else(|| usage("--framing")),
+            "--protocol" => {
+                sockperf_protocol = match val().as_str() {
+                    "echo" => false,
+                    "sockperf" => true,
+                    _ => usage("--protocol"),
+                }
+            }
             "--heartbeat-ms" => {
                 heartbeat_ms = val().parse().unwrap_or_else(|_| usage("--heartbeat-ms"))
             }
@@ -115,6 +131,9 @@ fn main() -> std::io::Result<()> {
     // Half-close mode: a client that sends, shuts down its writing side and then reads
     // (`nc -N`, `curl --data-binary`) gets all of its echo before we close.
     let mut cfg = ConnConfig::default().half_close(true).framing(framing);
+    if sockperf_protocol {
+        cfg = cfg.framing(sockperf::framing());
+    }
     if heartbeat_ms > 0 {
         let hb = Duration::from_millis(heartbeat_ms);
         cfg = cfg.heartbeat(Heartbeat::new(hb, hb * 3));
@@ -166,6 +185,14 @@ fn main() -> std::io::Result<()> {
                 // Echo the bytes back: the same `Bytes`, no copy, unless they would wait
                 // in the queue (see "Memory" above).
                 Event::Data { conn, bytes } => {
+                    // sockperf: answer as `sockperf server` does, or not at all.
+                    let bytes = match sockperf_protocol {
+                        false => bytes,
+                        true => match sockperf::reply(&bytes) {
+                            Some(reply) => reply,
+                            None => continue,
+                        },
+                    };
                     let waits = reactor.queued(conn).is_some_and(|q| q > 0);
                     let bytes = if waits && !always_zero_copy {
                         Bytes::copy_from_slice(&bytes)

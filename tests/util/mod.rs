@@ -28,7 +28,9 @@ pub fn example_bin(name: &str) -> PathBuf {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", name]);
+        // `-p heartloop`: the examples are the root package's, and a test of another
+        // workspace member (examples/latency) runs with that member's directory as cwd.
+        cmd.args(["build", "--quiet", "-p", "heartloop", "--example", name]);
         if release {
             cmd.arg("--release");
         }
