@@ -458,7 +458,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Result<Outcome, Stri
     }
     drop(log);
     for c in &conns {
-        reactor.close(c.id);
+        let _ = reactor.close(c.id);
     }
     let _ = reactor.poll(&mut events, Some(Duration::ZERO));
     Ok(Outcome {
