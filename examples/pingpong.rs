@@ -1,4 +1,4 @@
-//! `cargo run --release --example pingpong -- --addr 127.0.0.1:7000 --conns 50 --duration 5`
+//! `cargo run --release --example pingpong -- --addr 127.0.0.1:7000 --conns 50 --duration 5s`
 //!
 //! A latency client for any echo server (start one with
 //! `cargo run --release --example echo`), built on heartloop itself: a client reactor that
@@ -8,9 +8,9 @@
 //! at the end, p50/p90/p99/p99.9/max round trip and messages per second. Exits with 1 on
 //! a mismatched byte or a lost connection, 2 on bad options.
 //!
-//! Options: `--addr HOST:PORT` (default 127.0.0.1:7000), `--conns N` (1), `--size BYTES`
-//! (64), `--inflight N` (1), and either `--duration SECS` (default 5) or `--count N`
-//! (round trips in total, over all connections).
+//! Options: `--addr HOST:PORT` (default 127.0.0.1:7000), `--conns N` (1), `--size SIZE`
+//! (64), `--inflight N` (1), and either `--duration DUR` (default 5s) or `--count N`
+//! (round trips in total, over all connections); `--help` lists them.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use heartloop::{ConnConfig, ConnId, Event, Reactor, ReactorConfig};
+
+#[path = "common/opts.rs"]
+mod opts;
 
 /// The byte streams are a repeating pattern with a prime period; each connection starts at
 /// a different phase, so bytes echoed on the wrong connection are caught too.
@@ -51,7 +54,7 @@ struct Conn {
 }
 
 fn main() {
-    let o = parse_args();
+    let o = parse_args().unwrap_or_else(|e| opts::exit_usage("pingpong", e));
     // `size + PERIOD` bytes of pattern: every message is a slice of it (no copy, no
     // allocation per message), whatever its phase.
     let pattern = Bytes::from(
@@ -274,46 +277,55 @@ fn fail(msg: &str) -> ! {
     exit(1)
 }
 
-fn parse_args() -> Opts {
+const HELP: &str = "\
+pingpong: a latency client for any echo server (start one with `cargo run --release
+--example echo`): checks every echoed byte, prints round-trip percentiles
+
+usage: pingpong [OPTIONS]
+
+options:
+  --addr HOST:PORT   the echo server (default 127.0.0.1:7000)
+  --conns N          connections (default 1)
+  --size SIZE        bytes per message, e.g. 64 or 16k (default 64)
+  --inflight N       messages in flight per connection (default 1)
+  --duration DUR     how long to measure, e.g. 5s or 1m (default 5s)
+  --count N          round trips in total over all connections (instead of --duration)
+  -h, --help         print this help
+
+Exits 1 on a mismatched byte or a lost connection, 2 on bad options.
+";
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut o = Opts {
-        addr: "127.0.0.1:7000".parse().unwrap(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
         conns: 1,
         size: 64,
         inflight: 1,
         duration: None,
         count: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let val = args.next().unwrap_or_else(|| usage(&a));
-        match a.as_str() {
-            "--addr" => o.addr = val.parse().unwrap_or_else(|_| usage(&a)),
-            "--conns" => o.conns = val.parse().unwrap_or_else(|_| usage(&a)),
-            "--size" => o.size = val.parse().unwrap_or_else(|_| usage(&a)),
-            "--inflight" => o.inflight = val.parse().unwrap_or_else(|_| usage(&a)),
-            "--duration" => {
-                o.duration = Some(Duration::from_secs_f64(
-                    val.parse::<f64>().unwrap_or_else(|_| usage(&a)),
-                ))
-            }
-            "--count" => o.count = Some(val.parse().unwrap_or_else(|_| usage(&a))),
-            _ => usage(&a),
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => o.addr = p.value()?.parse()?,
+            Long("conns") => o.conns = p.value()?.parse()?,
+            Long("size") => o.size = p.value()?.parse_with(opts::parse_size_usize)?,
+            Long("inflight") => o.inflight = p.value()?.parse()?,
+            Long("duration") => o.duration = Some(p.value()?.parse_with(opts::parse_duration)?),
+            Long("count") => o.count = Some(p.value()?.parse()?),
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
-    if o.conns == 0 || o.size == 0 || o.inflight == 0 || (o.duration.is_some() && o.count.is_some())
-    {
-        usage("--conns/--size/--inflight must be > 0; give --duration or --count, not both");
+    if o.conns == 0 || o.size == 0 || o.inflight == 0 {
+        return Err("--conns, --size and --inflight must be above zero".into());
+    }
+    if o.duration.is_some() && o.count.is_some() {
+        return Err("give --duration or --count, not both".into());
     }
     if o.duration.is_none() && o.count.is_none() {
         o.duration = Some(Duration::from_secs(5));
     }
-    o
-}
-
-fn usage(bad: &str) -> ! {
-    eprintln!(
-        "bad or incomplete option {bad}\nusage: pingpong [--addr HOST:PORT] [--conns N] [--size BYTES] \
-         [--inflight N] [--duration SECS | --count N]"
-    );
-    exit(2)
+    Ok(o)
 }
