@@ -1,4 +1,5 @@
-//! `cargo bench --bench latency` (`-- --smoke` for a quick run, `-- --rounds N --measure DUR`, `-- --help`)
+//! `cargo bench -p heartloop-benches --bench latency` (`-- --smoke` for a quick run,
+//! `-- --rounds N --measure DUR`; `-- --help` lists the options)
 //!
 //! Round-trip latency on loopback, side by side: heartloop's echo against a hand-written
 //! mio echo (the floor for readiness loops), a blocking thread-per-connection std echo and

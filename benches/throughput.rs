@@ -1,4 +1,5 @@
-//! `cargo bench --bench throughput` (`-- --smoke` for a quick run, `-- --rounds N --measure DUR`, `-- --help`)
+//! `cargo bench -p heartloop-benches --bench throughput` (`-- --smoke` for a quick run,
+//! `-- --rounds N --measure DUR`; `-- --help` lists the options)
 //!
 //! Throughput on loopback, side by side:
 //! * pipelined echo (10 connections × 16 messages of 64 B in flight; 1 connection × 4

@@ -1,5 +1,5 @@
-//! `cargo bench --bench timers` (`-- --smoke`, or `HEARTLOOP_BENCH_SMOKE=1`, for a run of a
-//! few seconds with tiny counts, as CI does)
+//! `cargo bench -p heartloop-benches --bench timers` (`-- --smoke`, or
+//! `HEARTLOOP_BENCH_SMOKE=1`, for a run of a few seconds with tiny counts, as CI does)
 //!
 //! Timer structures side by side in one run, on the same deadlines:
 //!

@@ -2,8 +2,8 @@
 //!
 //! Hostile peers for a length-delimited echo server (`echo --framing ld`), used by
 //! `tests/hostile_soak.rs`. Every attack is bounded in connections and rate, and the whole
-//! process stops by itself after `--duration` (or `--secs`). Frames: a 4-byte big-endian length, a kind byte
-//! (0 = data, 1 = ping, 2 = pong), the payload.
+//! process stops by itself after `--duration` (or `--secs`). Frames: a 4-byte big-endian
+//! length, a kind byte (0 = data, 1 = ping, 2 = pong), the payload.
 //!
 //! | attack | option (default) | what each connection does |
 //! |---|---|---|

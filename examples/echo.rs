@@ -58,9 +58,10 @@
 //! beyond its queued bytes.
 //!
 //! DUR is a duration such as `250ms`, `1.5s` or `1m30s`; SIZE is bytes with an optional
-//! unit, `64k`, `64KB` or `4MiB` (powers of 1024); `--help` lists the options. The line `echo listening on ADDR` (the bound
-//! address, useful with port 0) is printed to stderr with `eprintln!` too, so
-//! `RUST_LOG=warn` keeps it and the stats lines and drops the per-connection lines.
+//! unit, `64k`, `64KB` or `4MiB` (powers of 1024); `--help` lists the options. The line
+//! `echo listening on ADDR` (the bound address, useful with port 0) is printed to stderr
+//! with `eprintln!` too, so `RUST_LOG=warn` keeps it and the stats lines and drops the
+//! per-connection lines.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! `cargo run --release --example soakclient -- ADDR N [--interval 1s] [--timeout 3s] [--inflight 64] [--welcome]`
+//! `cargo run --release --example soakclient -- ADDR N [--interval 1s] [--timeout 3s]
+//! [--inflight 64] [--welcome]`
 //!
 //! One client process of the soak test (`tests/soak.rs`): it opens `N` connections to `ADDR`
 //! with one heartloop reactor, length-delimited framing and heartbeats, so pings and pongs

@@ -7,6 +7,8 @@
 //! startup line). Its parser and subject index are compiled in here too (`#[path]`), so
 //! their unit tests run with this file and the fuzz calls the parser directly.
 
+#[path = "../../common/opts.rs"]
+mod opts;
 #[path = "../../../tests/util/mod.rs"]
 mod util;
 
@@ -321,16 +323,11 @@ fn raw_byte_at_a_time_and_garbage() {
     c.expect("PONG");
 
     // Garbage on other connections ends only those connections.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = opts::Rng::new(0x9E37_79B9_7F4A_7C15);
     for round in 0..20 {
         let mut g = Raw::connect(b.addr);
         let junk: Vec<u8> = (0..(1 + round * 97))
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
+            .map(|_| rng.next_u64() as u8)
             .collect();
         let _ = g.w.write_all(&junk);
         // Whatever it makes of it, the broker answers or waits; it never dies.
