@@ -182,3 +182,30 @@ fn echo_logs_through_the_logger_at_the_level_asked() {
         assert_eq!(connects, connect_lines, "RUST_LOG={level}: {:?}", echo.seen);
     }
 }
+
+#[test]
+fn peer_stdio_talks_to_echo_as_the_readme_says() {
+    use std::io::Write;
+    use std::time::Duration;
+    let mut cmd = Command::new(example_bin("echo"));
+    cmd.args(["--addr", "127.0.0.1:0"]);
+    let mut echo = util::Proc::from_command_with_stderr_lines(cmd);
+    let addr = echo
+        .wait_line_containing("echo listening on", Duration::from_secs(30))
+        .expect("echo did not start");
+    let mut peer = Command::new(example_bin("peer"))
+        .args([addr.as_str(), "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    // Typed lines, then end of input (Ctrl-D): the echo sends them back and closes.
+    let mut stdin = peer.stdin.take().unwrap();
+    stdin.write_all(b"hello\nworld\n").unwrap();
+    drop(stdin);
+    let out = peer.wait_with_output().expect("peer");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text.starts_with("READY 127.0.0.1:"), "{text:?}");
+    assert!(text.ends_with("\nhello\nworld\n"), "{text:?}");
+}
