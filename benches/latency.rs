@@ -1,4 +1,5 @@
-//! `cargo bench --bench latency` (`-- --smoke` for a quick run, `-- --rounds N --secs S`)
+//! `cargo bench -p heartloop-benches --bench latency` (`-- --smoke` for a quick run,
+//! `-- --rounds N --measure DUR`; `-- --help` lists the options)
 //!
 //! Round-trip latency on loopback, side by side: heartloop's echo against a hand-written
 //! mio echo (the floor for readiness loops), a blocking thread-per-connection std echo and
@@ -13,6 +14,10 @@
 
 #[path = "common/client.rs"]
 mod client;
+#[path = "../examples/common/opts.rs"]
+mod opts;
+#[path = "common/pin.rs"]
+mod pin;
 #[path = "common/report.rs"]
 mod report;
 #[path = "common/servers.rs"]
@@ -51,12 +56,12 @@ const SCENARIOS: [Scenario; 3] = [
 const METRICS: [&str; 7] = ["p50", "p90", "p99", "p99.9", "max", "msgs/s", "cpu"];
 
 fn main() {
-    let opts = report::opts("latency: round trips against four echo servers");
+    let opts = report::opts("latency", "latency: round trips against four echo servers");
     let machine = report::machine();
     // The client (this thread) on CPU 0, every server thread on CPU 1.
-    let pinned = opts.pin && report::pin_self(0);
+    let pinned = opts.pin && pin::pin_thread(0);
     if opts.pin && !pinned {
-        eprintln!("could not pin the client thread (no taskset?): running unpinned");
+        eprintln!("could not pin the client thread: running unpinned");
     }
     let server_cpu = pinned.then_some(1);
     eprintln!(

@@ -1,4 +1,5 @@
-//! `cargo bench --bench throughput` (`-- --smoke` for a quick run, `-- --rounds N --secs S`)
+//! `cargo bench -p heartloop-benches --bench throughput` (`-- --smoke` for a quick run,
+//! `-- --rounds N --measure DUR`; `-- --help` lists the options)
 //!
 //! Throughput on loopback, side by side:
 //! * pipelined echo (10 connections × 16 messages of 64 B in flight; 1 connection × 4
@@ -17,6 +18,10 @@
 
 #[path = "common/client.rs"]
 mod client;
+#[path = "../examples/common/opts.rs"]
+mod opts;
+#[path = "common/pin.rs"]
+mod pin;
 #[path = "common/report.rs"]
 mod report;
 #[path = "common/servers.rs"]
@@ -58,13 +63,14 @@ const FANOUT_KINDS: [Kind; 3] = [Kind::Heartloop, Kind::Tokio, Kind::TokioPerMes
 
 fn main() {
     let opts = report::opts(
+        "throughput",
         "throughput: pipelined echo against four servers, fan-out against tokio broadcast",
     );
     let machine = report::machine();
     // The client (this thread) on CPU 0, every server thread on CPU 1.
-    let pinned = opts.pin && report::pin_self(0);
+    let pinned = opts.pin && pin::pin_thread(0);
     if opts.pin && !pinned {
-        eprintln!("could not pin the client thread (no taskset?): running unpinned");
+        eprintln!("could not pin the client thread: running unpinned");
     }
     let server_cpu = pinned.then_some(1);
     eprintln!(

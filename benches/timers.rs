@@ -1,5 +1,5 @@
-//! `cargo bench --bench timers` (`-- --smoke`, or `HEARTLOOP_BENCH_SMOKE=1`, for a run of a
-//! few seconds with tiny counts, as CI does)
+//! `cargo bench -p heartloop-benches --bench timers` (`-- --smoke`, or
+//! `HEARTLOOP_BENCH_SMOKE=1`, for a run of a few seconds with tiny counts, as CI does)
 //!
 //! Timer structures side by side in one run, on the same deadlines:
 //!
@@ -31,8 +31,12 @@ use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+#[path = "../examples/common/opts.rs"]
+mod opts;
+
 use heartloop::heartbeat::{Heartbeat, Liveness};
 use heartloop::wheel::{TimerKey, Wheel};
+use opts::Rng;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key as DqKey;
 
@@ -49,9 +53,35 @@ struct Sizes {
     expire_spread_ms: u64,
 }
 
+const HELP: &str = "\
+timers: the timer wheel and liveness stamps against a binary heap and tokio's DelayQueue
+
+usage: cargo bench --bench timers [-- OPTIONS]
+
+options:
+  --smoke      a run of a few seconds with tiny counts (also HEARTLOOP_BENCH_SMOKE=1)
+  --bench      what `cargo bench` passes
+  -h, --help   print this help
+";
+
+/// Whether to make a smoke run.
+fn parse_args() -> Result<bool, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut smoke = std::env::var("HEARTLOOP_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("smoke") => smoke = true,
+            Long("bench") => {}
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(smoke)
+}
+
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke")
-        || std::env::var("HEARTLOOP_BENCH_SMOKE").is_ok_and(|v| v != "0" && !v.is_empty());
+    let smoke = parse_args().unwrap_or_else(|e| opts::exit_usage("timers", e));
     let sizes = if smoke {
         Sizes {
             timers: 5_000,
@@ -107,7 +137,7 @@ fn main() {
     );
 
     let targets: Vec<u32> = {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         (0..sizes.msgs)
             .map(|_| rng.below(sizes.conns as u64) as u32)
             .collect()
@@ -200,21 +230,9 @@ fn per_op(d: Duration, ops: usize) -> f64 {
 
 // ---------------------------------------------------------------------------------- inputs
 
-/// Small deterministic xorshift generator (no extra dependencies).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// `n` random offsets in `lo ..= hi` milliseconds, with microsecond resolution.
 fn offsets(n: usize, lo_ms: u64, hi_ms: u64, seed: u64) -> Vec<Duration> {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ seed);
     let span_us = (hi_ms - lo_ms) * 1000 + 1;
     (0..n)
         .map(|_| Duration::from_micros(lo_ms * 1000 + rng.below(span_us)))
@@ -223,7 +241,7 @@ fn offsets(n: usize, lo_ms: u64, hi_ms: u64, seed: u64) -> Vec<Duration> {
 
 /// A random permutation of `0..n`.
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ seed);
+    let mut rng = Rng::new(0xD1B5_4A32_D192_ED03 ^ seed);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         v.swap(i, rng.below(i as u64 + 1) as usize);

@@ -1,9 +1,9 @@
-//! `cargo run --release --example attacker -- --addr 127.0.0.1:7000 --secs 10`
+//! `cargo run --release --example attacker -- --addr 127.0.0.1:7000 --duration 10s`
 //!
 //! Hostile peers for a length-delimited echo server (`echo --framing ld`), used by
 //! `tests/hostile_soak.rs`. Every attack is bounded in connections and rate, and the whole
-//! process stops by itself after `--secs`. Frames: a 4-byte big-endian length, a kind byte
-//! (0 = data, 1 = ping, 2 = pong), the payload.
+//! process stops by itself after `--duration` (or `--secs`). Frames: a 4-byte big-endian
+//! length, a kind byte (0 = data, 1 = ping, 2 = pong), the payload.
 //!
 //! | attack | option (default) | what each connection does |
 //! |---|---|---|
@@ -44,7 +44,7 @@ const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 struct Opts {
     addr: SocketAddr,
-    secs: f64,
+    duration: Duration,
     attacks: Vec<String>,
     ping_flood: usize,
     ping_rate: usize,
@@ -519,8 +519,11 @@ fn cpu_ms() -> (u64, u64) {
     )
 }
 
+#[path = "common/opts.rs"]
+mod opts;
+
 fn main() {
-    let o = parse_args();
+    let o = parse_args().unwrap_or_else(|e| opts::exit_usage("attacker", e));
     if o.nice != 0 {
         // SAFETY: setpriority has no memory effects; this process is one thread.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, o.nice) } != 0 {
@@ -589,7 +592,7 @@ fn main() {
     if let Some(s) = storm.as_mut() {
         s.start = start;
     }
-    let end = start + Duration::from_secs_f64(o.secs);
+    let end = start + o.duration;
     let mut next = start;
     while Instant::now() < end {
         next += TICK;
@@ -628,10 +631,44 @@ fn main() {
     }
 }
 
-fn parse_args() -> Opts {
+const HELP: &str = "\
+attacker: bounded hostile peers for a length-delimited echo server (echo --framing ld);
+examples/attacker.rs describes every attack
+
+usage: attacker [OPTIONS]
+
+options:
+  --addr HOST:PORT          the server (default 127.0.0.1:7000)
+  --duration DUR            how long to attack, e.g. 10s (default 10s)
+  --secs S                  the same in seconds (tests/hostile_soak.rs uses it)
+  --attacks a,b,...         only these: ping, zero, claim, byte, slowloris, storm,
+                            nonreader, drip (default all)
+  --ping-flood N            ping-flood connections (default 2)
+  --ping-rate SIZE          bytes per second each writes (default 2MiB)
+  --zero-flood N            zero-length-flood connections (default 2)
+  --zero-rate SIZE          bytes per second each writes (default 2MiB)
+  --claim N                 claimed-length connections (default 50)
+  --claim-len SIZE          the length they claim (default 1MiB)
+  --byte-at-a-time N        byte-at-a-time connections (default 20)
+  --slowloris N             slowloris connections (default 500)
+  --storm-rate N            connect/reset storm, connections per second (default 500)
+  --non-readers N           non-reading connections (default 10)
+  --non-reader-rate SIZE    bytes per second each writes (default 512KiB)
+  --drip N                  drip non-readers (default 10)
+  --drip-rate N             1-byte frames per second each (default 1000)
+  --drip-prefill SIZE       bytes each writes at once first (default 0)
+  --rcvbuf SIZE             receive buffer of the connections that never read (default 4KiB)
+  --nice N                  the process's nice value (default 0)
+  -h, --help                print this help
+
+Exits 1 if an echo checked by the byte-at-a-time peers differs, 2 on bad options.
+";
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut o = Opts {
-        addr: "127.0.0.1:7000".parse().unwrap(),
-        secs: 10.0,
+        addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+        duration: Duration::from_secs(10),
         attacks: Vec::new(),
         ping_flood: 2,
         ping_rate: 2 << 20,
@@ -650,49 +687,51 @@ fn parse_args() -> Opts {
         rcvbuf: 4096,
         nice: 0,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let v = args.next().unwrap_or_else(|| usage(&a));
-        let num = || parse_bytes(&v).unwrap_or_else(|| usage(&a));
-        match a.as_str() {
-            "--addr" => o.addr = v.parse().unwrap_or_else(|_| usage(&a)),
-            "--secs" => o.secs = v.parse().unwrap_or_else(|_| usage(&a)),
-            "--attacks" => o.attacks = v.split(',').map(str::to_string).collect(),
-            "--ping-flood" => o.ping_flood = num(),
-            "--ping-rate" => o.ping_rate = num(),
-            "--zero-flood" => o.zero_flood = num(),
-            "--zero-rate" => o.zero_rate = num(),
-            "--claim" => o.claim = num(),
-            "--claim-len" => o.claim_len = u32::try_from(num()).unwrap_or_else(|_| usage(&a)),
-            "--byte-at-a-time" => o.byte_at_a_time = num(),
-            "--slowloris" => o.slowloris = num(),
-            "--storm-rate" => o.storm_rate = num(),
-            "--non-readers" => o.non_readers = num(),
-            "--non-reader-rate" => o.non_reader_rate = num(),
-            "--drip" => o.drip = num(),
-            "--drip-rate" => o.drip_rate = num(),
-            "--drip-prefill" => o.drip_prefill = num(),
-            "--rcvbuf" => o.rcvbuf = num(),
-            "--nice" => o.nice = v.parse().unwrap_or_else(|_| usage(&a)),
-            _ => usage(&a),
+    let size = opts::parse_size_usize;
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => o.addr = p.value()?.parse()?,
+            Long("duration") => o.duration = p.value()?.parse_with(opts::parse_duration)?,
+            Long("secs") => {
+                o.duration = p.value()?.parse_with(|v| {
+                    v.parse::<f64>()
+                        .ok()
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                        .ok_or_else(|| format!("'{v}' is not a number of seconds"))
+                })?
+            }
+            Long("attacks") => {
+                o.attacks = p
+                    .value()?
+                    .string()?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            Long("ping-flood") => o.ping_flood = p.value()?.parse()?,
+            Long("ping-rate") => o.ping_rate = p.value()?.parse_with(size)?,
+            Long("zero-flood") => o.zero_flood = p.value()?.parse()?,
+            Long("zero-rate") => o.zero_rate = p.value()?.parse_with(size)?,
+            Long("claim") => o.claim = p.value()?.parse()?,
+            Long("claim-len") => {
+                o.claim_len = p.value()?.parse_with(|v| {
+                    u32::try_from(opts::parse_size(v)?).map_err(|_| format!("'{v}' is too large"))
+                })?
+            }
+            Long("byte-at-a-time") => o.byte_at_a_time = p.value()?.parse()?,
+            Long("slowloris") => o.slowloris = p.value()?.parse()?,
+            Long("storm-rate") => o.storm_rate = p.value()?.parse()?,
+            Long("non-readers") => o.non_readers = p.value()?.parse()?,
+            Long("non-reader-rate") => o.non_reader_rate = p.value()?.parse_with(size)?,
+            Long("drip") => o.drip = p.value()?.parse()?,
+            Long("drip-rate") => o.drip_rate = p.value()?.parse()?,
+            Long("drip-prefill") => o.drip_prefill = p.value()?.parse_with(size)?,
+            Long("rcvbuf") => o.rcvbuf = p.value()?.parse_with(size)?,
+            Long("nice") => o.nice = p.value()?.parse()?,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
-    o
-}
-
-/// A count, optionally ending in `k` or `m` (×1024, ×1024²).
-fn parse_bytes(s: &str) -> Option<usize> {
-    let (num, unit) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1 << 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    num.parse::<usize>().ok()?.checked_mul(unit)
-}
-
-fn usage(bad: &str) -> ! {
-    eprintln!(
-        "attacker: bad or incomplete option {bad} (see the doc comment of examples/attacker.rs)"
-    );
-    exit(2)
+    Ok(o)
 }

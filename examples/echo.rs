@@ -19,25 +19,25 @@
 //!   14-byte header, the reply is the request with its client flag cleared, warm-up and
 //!   no-pong messages get none), so `sockperf ping-pong --tcp` measures heartloop; it
 //!   replaces `--framing`.
-//! * `--heartbeat-ms N`: declare a peer lost after 3 × N ms of silence. With `ld` framing
-//!   the reactor also pings a quiet peer every N ms; with `raw` the echo has no ping of its
+//! * `--heartbeat DUR`: declare a peer lost after 3 × DUR of silence. With `ld` framing
+//!   the reactor also pings a quiet peer every DUR; with `raw` the echo has no ping of its
 //!   own, so this only detects silent peers.
-//! * `--max-queued BYTES`: each connection's outbound hard limit (default 4 MiB); a client
+//! * `--max-queued SIZE`: each connection's outbound hard limit (default 4 MiB); a client
 //!   whose echo would queue more is cut as a slow peer. The watermarks that pause and
 //!   resume reading become at most a quarter and a sixteenth of it (by default 256 KiB
 //!   and 64 KiB), and the read budget per turn at most an eighth (256 KiB): reading goes
 //!   on for up to two read passes after the queue crosses the high watermark (the pause
 //!   takes effect when the owner sees `WriteBlocked`), each at most the budget plus one
 //!   64 KiB read, so from 256 KiB up a client that reads slowly is paused, not cut.
-//! * `--max-total-queued BYTES`: the reactor-wide cap on queued bytes (default 1 GiB); over
+//! * `--max-total-queued SIZE`: the reactor-wide cap on queued bytes (default 1 GiB); over
 //!   it the connections holding the most are cut as slow peers.
-//! * `--sndbuf BYTES`: each connection's `SO_SNDBUF` (default: the kernel's autotuning,
+//! * `--sndbuf SIZE`: each connection's `SO_SNDBUF` (default: the kernel's autotuning,
 //!   which on Linux lets a peer that does not read park up to `net.ipv4.tcp_wmem`'s
 //!   maximum, 4 MiB, in the kernel before the echo's own queue and its limits come in).
 //! * `--always-zero-copy`: echo every payload as the very `Bytes` it arrived in, even when
 //!   it has to wait in a queue (see "Memory" below; for showing why the default copies).
-//! * `--stats-secs N`: every N s print one line of counters to stderr (0 = never, the
-//!   default). It is printed with `eprintln!`, whatever `RUST_LOG` says, as
+//! * `--stats DUR` (or `--stats-secs N`): every DUR print one line of counters to stderr
+//!   (never by default). It is printed with `eprintln!`, whatever `RUST_LOG` says, as
 //!   `stats: open N accepted N read N B written N B queued N B (peak N) turns N longest
 //!   turn N us disconnects N (...) sends refused N`; `longest turn` is the longest turn's
 //!   work so far (`Stats::longest_turn_us`).
@@ -62,14 +62,14 @@
 //! nearly always leaves at once, goes as it is. A connection then holds at most one chunk
 //! beyond its queued bytes.
 //!
-//! BYTES may end in `k` or `m` (KiB, MiB). The line `echo listening on ADDR` (the bound
-//! address, useful with port 0) is printed to stderr with `eprintln!` too, so
-//! `RUST_LOG=warn` keeps it and the stats lines and drops the per-connection lines.
+//! DUR is a duration such as `250ms`, `1.5s` or `1m30s`; SIZE is bytes with an optional
+//! unit, `64k`, `64KB` or `4MiB` (powers of 1024); `--help` lists the options. The line
+//! `echo listening on ADDR` (the bound address, useful with port 0) is printed to stderr
+//! with `eprintln!` too, so `RUST_LOG=warn` keeps it and the stats lines and drops the
+//! per-connection lines.
 
+use std::net::SocketAddr;
 use std::time::Duration;
-
-#[path = "common/sockperf.rs"]
-mod sockperf;
 
 use bytes::Bytes;
 use heartloop::{
@@ -77,56 +77,116 @@ use heartloop::{
     SendError,
 };
 
-const USAGE: &str = "usage: echo [--addr HOST:PORT] [--framing raw|ld[:MAX]] [--protocol echo|sockperf] [--heartbeat-ms N] \
-                     [--max-queued BYTES] [--max-total-queued BYTES] [--sndbuf BYTES] \
-                     [--always-zero-copy] [--stats-secs N] [--turn-cpu]";
+#[path = "common/logger.rs"]
+mod logger;
+#[path = "common/opts.rs"]
+mod opts;
+#[path = "common/sockperf.rs"]
+mod sockperf;
 
-fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut addr = "127.0.0.1:7000".to_string();
-    let mut framing = Framing::Raw;
-    let mut heartbeat_ms = 0u64;
-    let mut stats_secs = 0u64;
-    let mut max_queued = None;
-    let mut max_total = None;
-    let mut turn_cpu = false;
-    let mut sndbuf = None;
-    let mut always_zero_copy = false;
-    let mut sockperf_protocol = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| usage(&a));
-        match a.as_str() {
-            "--addr" => addr = val(),
-            "--framing" => framing = parse_framing(&val()).unwrap_or_else(|| usage("--framing")),
-            "--protocol" => {
-                sockperf_protocol = match val().as_str() {
-                    "echo" => false,
-                    "sockperf" => true,
-                    _ => usage("--protocol"),
-                }
+const HELP: &str = "\
+echo: an echo server with backpressure (examples/echo.rs has the details)
+
+usage: echo [OPTIONS]
+
+options:
+  --addr HOST:PORT          where to listen (default 127.0.0.1:7000; port 0 picks one)
+  --framing raw|ld[:MAX]    raw bytes (default), or length-delimited frames of at most
+                            MAX bytes (default 1MiB) with the built-in ping/pong
+  --protocol echo|sockperf  echo what arrives (default), or answer sockperf's TCP
+                            ping-pong messages as `sockperf server` does
+  --heartbeat DUR           declare a peer lost after 3 x DUR of silence (ld: ping a quiet
+                            peer every DUR); default: no heartbeat
+  --max-queued SIZE         each connection's outbound hard limit (default 4MiB)
+  --max-total-queued SIZE   the cap on queued bytes over all connections (default 1GiB)
+  --sndbuf SIZE             each connection's SO_SNDBUF (default: the kernel's autotuning)
+  --always-zero-copy        echo every payload as the Bytes it arrived in, even when it waits
+  --stats DUR               print a line of counters to stderr every DUR (default: never)
+  --stats-secs N            the same as --stats Ns
+  --turn-cpu                add the CPU time of the longest turn's poll to the stats line
+  -h, --help                print this help
+
+DUR is a duration such as 250ms, 1.5s or 1m30s; SIZE is bytes with an optional unit,
+such as 4096, 64k, 64KB or 4MiB (powers of 1024). RUST_LOG sets the log level (default
+info: one line per connect and disconnect; warn: none).
+";
+
+struct Opts {
+    addr: SocketAddr,
+    framing: Framing,
+    sockperf: bool,
+    heartbeat: Option<Duration>,
+    stats: Option<Duration>,
+    max_queued: Option<usize>,
+    max_total: Option<usize>,
+    sndbuf: Option<usize>,
+    always_zero_copy: bool,
+    turn_cpu: bool,
+}
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut o = Opts {
+        addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+        framing: Framing::Raw,
+        sockperf: false,
+        heartbeat: None,
+        stats: None,
+        max_queued: None,
+        max_total: None,
+        sndbuf: None,
+        always_zero_copy: false,
+        turn_cpu: false,
+    };
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => o.addr = p.value()?.parse()?,
+            Long("framing") => o.framing = p.value()?.parse_with(parse_framing)?,
+            Long("protocol") => {
+                o.sockperf = p.value()?.parse_with(|v| match v {
+                    "echo" => Ok(false),
+                    "sockperf" => Ok(true),
+                    _ => Err("echo or sockperf"),
+                })?
             }
-            "--heartbeat-ms" => {
-                heartbeat_ms = val().parse().unwrap_or_else(|_| usage("--heartbeat-ms"))
+            Long("heartbeat") => o.heartbeat = Some(p.value()?.parse_with(opts::parse_duration)?),
+            Long("max-queued") => {
+                o.max_queued = Some(p.value()?.parse_with(opts::parse_size_usize)?)
             }
-            "--max-queued" => {
-                max_queued = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--max-queued")))
+            Long("max-total-queued") => {
+                o.max_total = Some(p.value()?.parse_with(opts::parse_size_usize)?)
             }
-            "--max-total-queued" => {
-                max_total = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--max-total-queued")))
-            }
-            "--sndbuf" => sndbuf = Some(parse_bytes(&val()).unwrap_or_else(|| usage("--sndbuf"))),
-            "--stats-secs" => stats_secs = val().parse().unwrap_or_else(|_| usage("--stats-secs")),
-            "--turn-cpu" => turn_cpu = true,
-            "--always-zero-copy" => always_zero_copy = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => usage(&a),
+            Long("sndbuf") => o.sndbuf = Some(p.value()?.parse_with(opts::parse_size_usize)?),
+            Long("always-zero-copy") => o.always_zero_copy = true,
+            Long("stats") => o.stats = Some(p.value()?.parse_with(opts::parse_duration)?),
+            // Kept for tests/hostile_soak.rs.
+            Long("stats-secs") => o.stats = Some(Duration::from_secs(p.value()?.parse()?)),
+            Long("turn-cpu") => o.turn_cpu = true,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
-    let addr = addr.parse().unwrap_or_else(|_| usage("--addr"));
+    // Zero means never, as the default.
+    o.heartbeat = o.heartbeat.filter(|d| !d.is_zero());
+    o.stats = o.stats.filter(|d| !d.is_zero());
+    Ok(o)
+}
+
+fn main() -> std::io::Result<()> {
+    let Opts {
+        addr,
+        framing,
+        sockperf: sockperf_protocol,
+        heartbeat,
+        stats,
+        max_queued,
+        max_total,
+        sndbuf,
+        always_zero_copy,
+        turn_cpu,
+    } = parse_args().unwrap_or_else(|e| opts::exit_usage("echo", e));
+    logger::init("info");
 
     // Half-close mode: a client that sends, shuts down its writing side and then reads
     // (`nc -N`, `curl --data-binary`) gets all of its echo before we close.
@@ -134,8 +194,7 @@ fn main() -> std::io::Result<()> {
     if sockperf_protocol {
         cfg = cfg.framing(sockperf::framing());
     }
-    if heartbeat_ms > 0 {
-        let hb = Duration::from_millis(heartbeat_ms);
+    if let Some(hb) = heartbeat {
         cfg = cfg.heartbeat(Heartbeat::new(hb, hb * 3));
     }
     if let Some(limit) = max_queued {
@@ -159,8 +218,8 @@ fn main() -> std::io::Result<()> {
     let listener = reactor.listen(addr, cfg)?;
     // Printed whatever `RUST_LOG` says: scripts and tests read the address from it.
     eprintln!("echo listening on {}", reactor.local_addr(listener)?);
-    if stats_secs > 0 {
-        reactor.set_timer(Duration::from_secs(stats_secs), 0);
+    if let Some(every) = stats {
+        reactor.set_timer(every, 0);
     }
 
     let mut events = Vec::with_capacity(1024);
@@ -255,7 +314,9 @@ fn main() -> std::io::Result<()> {
                             String::new()
                         },
                     );
-                    reactor.set_timer(Duration::from_secs(stats_secs), 0);
+                    if let Some(every) = stats {
+                        reactor.set_timer(every, 0);
+                    }
                 }
                 _ => {}
             }
@@ -346,28 +407,12 @@ fn thread_usage() -> (u64, u64) {
     (0, 0)
 }
 
-/// `raw`, `ld` or `ld:MAX`.
-fn parse_framing(s: &str) -> Option<Framing> {
+/// `raw`, `ld` or `ld:MAX` (MAX a size: `ld:64k`).
+fn parse_framing(s: &str) -> Result<Framing, String> {
     match s.split_once(':') {
-        None if s == "raw" => Some(Framing::Raw),
-        None if s == "ld" => Some(Framing::length_delimited(1 << 20)),
-        Some(("ld", max)) => Some(Framing::length_delimited(parse_bytes(max)?)),
-        _ => None,
+        None if s == "raw" => Ok(Framing::Raw),
+        None if s == "ld" => Ok(Framing::length_delimited(1 << 20)),
+        Some(("ld", max)) => Ok(Framing::length_delimited(opts::parse_size_usize(max)?)),
+        _ => Err(format!("'{s}' is not a framing (raw, ld or ld:MAX)")),
     }
-}
-
-/// A byte count, optionally ending in `k` (KiB) or `m` (MiB).
-fn parse_bytes(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (num, unit) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1 << 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
-        _ => (s, 1),
-    };
-    num.parse::<usize>().ok()?.checked_mul(unit)
-}
-
-fn usage(bad: &str) -> ! {
-    eprintln!("bad or incomplete option {bad}\n{USAGE}");
-    std::process::exit(2)
 }

@@ -1,4 +1,4 @@
-//! `cargo run --example embed_hosted -- [--addr 127.0.0.1:7003] [--seconds 10]`
+//! `cargo run --example embed_hosted -- [--addr 127.0.0.1:7003] [--duration 10s]`
 //!
 //! heartloop hosted in a program that already owns a `mio::Poll`: the host has sockets of
 //! its own (here a UDP socket that answers every datagram with "ack") and gives the reactor
@@ -9,6 +9,7 @@
 //! Try it: `nc 127.0.0.1 7003` (TCP echo through heartloop) and
 //! `nc -u 127.0.0.1 7003` (the host's own UDP socket).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use heartloop::{ConnConfig, Event, Reactor, ReactorConfig};
@@ -19,19 +20,43 @@ const HOST_UDP: Token = Token(0);
 /// The reactor uses tokens from here on (`heartloop::TOKEN_SPAN` of them).
 const REACTOR_BASE: Token = Token(1 << 40);
 
-fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut addr = "127.0.0.1:7003".to_string();
-    let mut seconds = 10u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--addr", Some(v)) => addr = v,
-            ("--seconds", Some(v)) => seconds = v.parse().expect("--seconds N"),
-            _ => panic!("usage: embed_hosted [--addr HOST:PORT] [--seconds N]"),
+#[path = "common/logger.rs"]
+mod logger;
+#[path = "common/opts.rs"]
+mod opts;
+
+const HELP: &str = "\
+embed_hosted: heartloop hosted in a host's own mio::Poll: a TCP echo through heartloop
+and the host's own UDP socket answering every datagram with \"ack\", on one address
+
+usage: embed_hosted [--addr HOST:PORT] [--duration DUR]
+
+options:
+  --addr HOST:PORT   where to listen (default 127.0.0.1:7003)
+  --duration DUR     how long to run, e.g. 30s or 2m (default 10s)
+  -h, --help         print this help
+";
+
+/// `--addr` and `--duration`.
+fn parse_args() -> Result<(SocketAddr, Duration), lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = SocketAddr::from(([127, 0, 0, 1], 7003));
+    let mut duration = Duration::from_secs(10);
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => addr = p.value()?.parse()?,
+            Long("duration") => duration = p.value()?.parse_with(opts::parse_duration)?,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
-    let addr = addr.parse().expect("--addr");
+    Ok((addr, duration))
+}
+
+fn main() -> std::io::Result<()> {
+    let (addr, duration) = parse_args().unwrap_or_else(|e| opts::exit_usage("embed_hosted", e));
+    logger::init("info");
 
     // The host's own poll and sockets.
     let mut poll = Poll::new()?;
@@ -48,7 +73,7 @@ fn main() -> std::io::Result<()> {
     let mut mio_events = Events::with_capacity(1024);
     let mut events = Vec::new();
     let mut buf = [0u8; 1500];
-    while start.elapsed() < Duration::from_secs(seconds) {
+    while start.elapsed() < duration {
         // Sleep no longer than the reactor allows (its timers and heartbeats).
         let timeout = reactor
             .next_timeout()

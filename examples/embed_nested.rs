@@ -1,4 +1,4 @@
-//! `cargo run --example embed_nested -- [--addr 127.0.0.1:7002] [--seconds 10]`
+//! `cargo run --example embed_nested -- [--addr 127.0.0.1:7002] [--duration 10s]`
 //!
 //! heartloop nested in a foreign loop: here a host loop on plain poll(2) (through rustix)
 //! that also "renders a frame" at 60 Hz, as a game or GUI loop would. The reactor's poll
@@ -9,38 +9,61 @@
 //! Try it: `nc 127.0.0.1 7002`, type lines: they are echoed. Heartbeats (Raw framing) ask
 //! for a ping every 2 s; a client silent for 6 s is dropped with its cause.
 
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use heartloop::{ConnConfig, Event, Heartbeat, Reactor, ReactorConfig};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-fn main() -> std::io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut addr = "127.0.0.1:7002".to_string();
-    let mut seconds = 10u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--addr", Some(v)) => addr = v,
-            ("--seconds", Some(v)) => seconds = v.parse().expect("--seconds N"),
-            _ => panic!("usage: embed_nested [--addr HOST:PORT] [--seconds N]"),
+#[path = "common/logger.rs"]
+mod logger;
+#[path = "common/opts.rs"]
+mod opts;
+
+const HELP: &str = "\
+embed_nested: heartloop nested in a 60 Hz poll(2) host loop: a TCP echo with heartbeats
+(a client silent for 6 s is dropped with its cause)
+
+usage: embed_nested [--addr HOST:PORT] [--duration DUR]
+
+options:
+  --addr HOST:PORT   where to listen (default 127.0.0.1:7002)
+  --duration DUR     how long to run, e.g. 30s or 2m (default 10s)
+  -h, --help         print this help
+";
+
+/// `--addr` and `--duration`.
+fn parse_args() -> Result<(SocketAddr, Duration), lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = SocketAddr::from(([127, 0, 0, 1], 7002));
+    let mut duration = Duration::from_secs(10);
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => addr = p.value()?.parse()?,
+            Long("duration") => duration = p.value()?.parse_with(opts::parse_duration)?,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
+    Ok((addr, duration))
+}
+
+fn main() -> std::io::Result<()> {
+    let (addr, duration) = parse_args().unwrap_or_else(|e| opts::exit_usage("embed_nested", e));
+    logger::init("info");
     let hb = Heartbeat::new(Duration::from_secs(2), Duration::from_secs(6));
     let mut reactor = Reactor::new(ReactorConfig::default())?;
-    let l = reactor.listen(
-        addr.parse().expect("--addr"),
-        ConnConfig::default().heartbeat(hb),
-    )?;
-    log::info!("nested echo on {} for {seconds} s", reactor.local_addr(l)?);
+    let l = reactor.listen(addr, ConnConfig::default().heartbeat(hb))?;
+    log::info!("nested echo on {} for {duration:?}", reactor.local_addr(l)?);
 
     let frame = Duration::from_micros(16_667); // 60 Hz
     let start = Instant::now();
     let mut next_frame = start + frame;
     let mut frames = 0u64;
     let mut events = Vec::new();
-    while start.elapsed() < Duration::from_secs(seconds) {
+    while start.elapsed() < duration {
         // The host's sleep: until its next frame, or until the reactor has work due.
         let now = Instant::now();
         let mut sleep = next_frame.saturating_duration_since(now);

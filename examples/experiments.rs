@@ -21,6 +21,8 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/opts.rs"]
+mod opts;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -86,12 +88,35 @@ impl Row {
     }
 }
 
-fn main() {
-    let json_out = std::env::args().any(|a| a == "--json");
-    if std::env::args().skip(1).any(|a| a != "--json") {
-        eprintln!("usage: experiments [--json]");
-        std::process::exit(2);
+const HELP: &str = "\
+experiments: what heartloop detects on this machine (peers killed, half-closed, stopped;
+a cable pulled between two network namespaces, which needs root): a table of cause and
+time to detect
+
+usage: experiments [--json]
+
+options:
+  --json       print the rows as JSON, for machines
+  -h, --help   print this help
+";
+
+/// Whether `--json` was given.
+fn parse_args() -> Result<bool, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut json = false;
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("json") => json = true,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
+        }
     }
+    Ok(json)
+}
+
+fn main() {
+    let json_out = parse_args().unwrap_or_else(|e| opts::exit_usage("experiments", e));
     let start = Instant::now();
     let mut rows = Vec::new();
 
@@ -371,10 +396,10 @@ fn stops_reading(row: &mut Row) -> Result<(), String> {
 
 fn hb_args() -> Vec<String> {
     vec![
-        "--interval-ms".into(),
-        HB_INTERVAL_MS.to_string(),
-        "--timeout-ms".into(),
-        HB_TIMEOUT_MS.to_string(),
+        "--interval".into(),
+        format!("{HB_INTERVAL_MS}ms"),
+        "--timeout".into(),
+        format!("{HB_TIMEOUT_MS}ms"),
     ]
 }
 
@@ -471,8 +496,8 @@ fn cable_back_in_time(pair: &netns::NetPair, row: &mut Row) -> Result<(), String
     extra.extend(
         [
             "--seq",
-            "--seq-every-ms",
-            "20",
+            "--seq-every",
+            "20ms",
             "--seq-count",
             &SEQ_COUNT.to_string(),
         ]

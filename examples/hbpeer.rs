@@ -1,4 +1,4 @@
-//! `cargo run --example hbpeer -- listen|connect ADDR [--interval-ms N --timeout-ms N] [...]`
+//! `cargo run --example hbpeer -- listen|connect ADDR [--interval DUR --timeout DUR] [...]`
 //!
 //! A heartloop peer process for tests and experiments: one connection (accepted with
 //! `listen`, made with `connect`), heartbeats as configured, and one stdout line per event,
@@ -24,19 +24,23 @@
 //!   process exits with status 0.
 //!
 //! Options:
-//! * `--interval-ms N --timeout-ms N`: heartbeat (both or neither; default: no heartbeat).
+//! * `--interval DUR --timeout DUR`: heartbeat (both or neither; default: no heartbeat);
+//!   DUR is a duration such as `200ms` or `1s`.
 //! * `--framing ld|raw`: length-delimited frames with the built-in Ping/Pong (default), or raw
 //!   bytes (`HeartbeatDue` events).
 //! * `--seq`: send the numbers 1, 2, 3, ... as big-endian `u64`s (one frame each with `ld`),
-//!   one every `--seq-every-ms` (default 20), up to `--seq-count` (default: forever); and check
+//!   one every `--seq-every` (default 20ms), up to `--seq-count` (default: forever); and check
 //!   that the numbers received from the peer are exactly 1, 2, 3, ...
-//! * `--user-timeout-ms N`: `TCP_USER_TIMEOUT` on the connection.
+//! * `--user-timeout DUR`: `TCP_USER_TIMEOUT` on the connection.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use heartloop::{Cause, ConnConfig, Event, Framing, Heartbeat, Reactor, ReactorConfig};
+
+#[path = "common/opts.rs"]
+mod opts;
 
 /// Tag of the timer that paces the sequence stream.
 const SEQ_TIMER: u64 = 1;
@@ -53,7 +57,7 @@ struct Opts {
 }
 
 fn main() -> std::io::Result<()> {
-    let o = parse_args();
+    let o = parse_args().unwrap_or_else(|e| opts::exit_usage("hbpeer", e));
     let start = Instant::now();
     let mut cfg = ConnConfig::default().framing(if o.raw {
         Framing::Raw
@@ -205,23 +209,29 @@ fn say(at: &Stamp, kind: &str, details: &str) {
     println!("{kind} {:.3} {:.3} {details}", at.unix_ms, at.rel_ms);
 }
 
-fn parse_args() -> Opts {
-    let mut args = std::env::args().skip(1);
-    let mode = args
-        .next()
-        .unwrap_or_else(|| usage("missing listen|connect"));
-    let listen = match mode.as_str() {
-        "listen" => true,
-        "connect" => false,
-        _ => usage("first argument must be listen or connect"),
-    };
-    let addr = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| usage("missing or bad ADDR"));
+const HELP: &str = "\
+hbpeer: a one-connection heartloop peer printing one timestamped line per event
+
+usage: hbpeer listen|connect ADDR [OPTIONS]
+
+options:
+  --interval DUR       heartbeat interval, e.g. 200ms (with --timeout; default: none)
+  --timeout DUR        heartbeat timeout, e.g. 1s (with --interval)
+  --framing ld|raw     length-delimited frames with ping/pong (default), or raw bytes
+  --seq                send 1, 2, 3, ... as big-endian u64s and check the peer's numbers
+  --seq-every DUR      one number every DUR (default 20ms)
+  --seq-count N        stop sending after N numbers (default: never)
+  --user-timeout DUR   TCP_USER_TIMEOUT on the connection
+  -h, --help           print this help
+
+Lines: KIND <unix_ms> <rel_ms> [details]; examples/hbpeer.rs lists the kinds.
+";
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut o = Opts {
-        listen,
-        addr,
+        listen: false,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         heartbeat: None,
         raw: false,
         seq: false,
@@ -230,40 +240,42 @@ fn parse_args() -> Opts {
         user_timeout: None,
     };
     let (mut interval, mut timeout) = (None, None);
-    while let Some(a) = args.next() {
-        let mut ms = || -> u64 {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| usage(&format!("{a} needs a number")))
-        };
-        match a.as_str() {
-            "--interval-ms" => interval = Some(Duration::from_millis(ms())),
-            "--timeout-ms" => timeout = Some(Duration::from_millis(ms())),
-            "--seq-every-ms" => o.seq_every = Duration::from_millis(ms()),
-            "--seq-count" => o.seq_count = ms(),
-            "--user-timeout-ms" => o.user_timeout = Some(Duration::from_millis(ms())),
-            "--seq" => o.seq = true,
-            "--framing" => match args.next().as_deref() {
-                Some("ld") => o.raw = false,
-                Some("raw") => o.raw = true,
-                _ => usage("--framing ld|raw"),
-            },
-            other => usage(&format!("unknown option {other}")),
+    let mut positional = Vec::new();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("interval") => interval = Some(p.value()?.parse_with(opts::parse_duration)?),
+            Long("timeout") => timeout = Some(p.value()?.parse_with(opts::parse_duration)?),
+            Long("seq-every") => o.seq_every = p.value()?.parse_with(opts::parse_duration)?,
+            Long("seq-count") => o.seq_count = p.value()?.parse()?,
+            Long("user-timeout") => {
+                o.user_timeout = Some(p.value()?.parse_with(opts::parse_duration)?)
+            }
+            Long("seq") => o.seq = true,
+            Long("framing") => {
+                o.raw = p.value()?.parse_with(|f| match f {
+                    "ld" => Ok(false),
+                    "raw" => Ok(true),
+                    _ => Err(format!("'{f}' is not a framing (ld or raw)")),
+                })?
+            }
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            Value(v) if positional.len() < 2 => positional.push(v.string()?),
+            _ => return Err(arg.unexpected()),
         }
     }
+    let [mode, addr] = <[String; 2]>::try_from(positional)
+        .map_err(|_| "needs listen|connect and ADDR, e.g. `hbpeer listen 127.0.0.1:7100`")?;
+    o.listen = match mode.as_str() {
+        "listen" => true,
+        "connect" => false,
+        _ => return Err(format!("'{mode}': the first argument is listen or connect").into()),
+    };
+    o.addr = addr.parse().map_err(|e| format!("ADDR '{addr}': {e}"))?;
     o.heartbeat = match (interval, timeout) {
         (Some(i), Some(t)) => Some(Heartbeat::new(i, t)),
         (None, None) => None,
-        _ => usage("--interval-ms and --timeout-ms go together"),
+        _ => return Err("--interval and --timeout go together".into()),
     };
-    o
-}
-
-fn usage(why: &str) -> ! {
-    eprintln!("hbpeer: {why}");
-    eprintln!(
-        "usage: hbpeer listen|connect ADDR [--interval-ms N --timeout-ms N] [--seq] \
-         [--seq-every-ms N] [--seq-count N] [--user-timeout-ms N] [--framing ld|raw]"
-    );
-    std::process::exit(2);
+    Ok(o)
 }

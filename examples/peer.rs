@@ -1,4 +1,4 @@
-//! `cargo run --example peer -- [--listen] ADDR MODE [--send N] [--linger0]`
+//! `cargo run --example peer -- [--listen] ADDR MODE [--send SIZE] [--linger0]`
 //!
 //! A scriptable TCP peer process, written with blocking std sockets (no heartloop), that the
 //! tests and the experiments spawn and kill by pid. It prints one line per step on stdout:
@@ -16,24 +16,128 @@
 //!   `SINK <bytes> OK` or `SINK <bytes> BAD <offset>`, and `PROGRESS <bytes>` every MiB;
 //!   a read error (a reset) ends it too, after an `ERROR <error>` line.
 //! * `source`    write the pattern (i % 251) forever, as fast as the peer takes it.
+//! * `stdio`     a stand-in for `nc`: copy stdin to the connection (and shut down the
+//!   writing side at its end) and the connection to stdout, until the peer closes.
 //!
-//! `--send N` first writes N bytes of the pattern.
+//! `--send SIZE` first writes SIZE bytes of the pattern (`65536`, `64k`, `1MiB`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = take_flag(&mut args, "--listen");
-    let linger0 = take_flag(&mut args, "--linger0");
-    let send: usize = take_opt(&mut args, "--send").map_or(0, |v| v.parse().expect("--send N"));
-    if args.len() != 2 {
-        eprintln!("usage: peer [--listen] ADDR MODE [--send N] [--linger0]");
-        std::process::exit(2);
+#[path = "common/opts.rs"]
+mod opts;
+
+const HELP: &str = "\
+peer: a scriptable blocking TCP peer (std sockets, no heartloop) that tests spawn and kill
+
+usage: peer [--listen] ADDR MODE [--send SIZE] [--linger0]
+
+modes:
+  idle        read and discard until EOF, reset or error; never send
+  noread      never read; sleep until killed
+  exit        close cleanly and exit
+  abort       close with SO_LINGER 0 (a reset) and exit
+  halfclose   shut down the writing side, then read until EOF
+  echo        echo everything until EOF
+  sink        read until EOF, checking the pattern byte i = i % 251
+  source      write the pattern forever
+  stdio       copy stdin to the connection and the connection to stdout (like nc)
+
+options:
+  --listen        accept one connection on ADDR instead of connecting to it
+  --send SIZE     first write SIZE bytes of the pattern (e.g. 65536 or 64k)
+  --linger0       set SO_LINGER 0, so that closing resets the connection
+  -h, --help      print this help
+
+One line per step on stdout: READY <local addr> once connected (after LISTENING <addr>
+with --listen), then what the mode reports.
+";
+
+/// `[--listen] ADDR MODE [--send SIZE] [--linger0]`.
+struct Opts {
+    listen: bool,
+    linger0: bool,
+    send: usize,
+    addr: SocketAddr,
+    mode: Mode,
+}
+
+/// What the peer does once connected (see the module docs).
+#[derive(Clone, Copy)]
+enum Mode {
+    Idle,
+    NoRead,
+    Exit,
+    Abort,
+    HalfClose,
+    Echo,
+    Sink,
+    Source,
+    Stdio,
+}
+
+impl Mode {
+    const ALL: [(&str, Mode); 9] = [
+        ("idle", Mode::Idle),
+        ("noread", Mode::NoRead),
+        ("exit", Mode::Exit),
+        ("abort", Mode::Abort),
+        ("halfclose", Mode::HalfClose),
+        ("echo", Mode::Echo),
+        ("sink", Mode::Sink),
+        ("source", Mode::Source),
+        ("stdio", Mode::Stdio),
+    ];
+
+    fn parse(s: &str) -> Result<Mode, String> {
+        Mode::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|&(_, m)| m)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Mode::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown mode '{s}' ({})", names.join(", "))
+            })
     }
-    let addr: SocketAddr = args[0].parse().expect("ADDR");
-    let mode = args[1].as_str();
+}
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
+    let (mut listen, mut linger0, mut send) = (false, false, 0);
+    let mut positional = Vec::new();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("listen") => listen = true,
+            Long("linger0") => linger0 = true,
+            Long("send") => send = p.value()?.parse_with(opts::parse_size_usize)?,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            Value(v) if positional.len() < 2 => positional.push(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let [addr, mode] = <[String; 2]>::try_from(positional)
+        .map_err(|_| "needs ADDR and MODE, e.g. `peer 127.0.0.1:7000 stdio`")?;
+    let addr = addr.parse().map_err(|e| format!("ADDR '{addr}': {e}"))?;
+    let mode = Mode::parse(&mode)?;
+    Ok(Opts {
+        listen,
+        linger0,
+        send,
+        addr,
+        mode,
+    })
+}
+
+fn main() {
+    let Opts {
+        listen,
+        linger0,
+        send,
+        addr,
+        mode,
+    } = parse_args().unwrap_or_else(|e| opts::exit_usage("peer", e));
 
     let mut s = if listen {
         let l = TcpListener::bind(addr).expect("bind");
@@ -63,7 +167,7 @@ fn main() {
     }
     let mut buf = vec![0u8; 64 * 1024];
     match mode {
-        "idle" => loop {
+        Mode::Idle => loop {
             match s.read(&mut buf) {
                 Ok(0) => break say("EOF"),
                 Ok(_) => {}
@@ -71,17 +175,17 @@ fn main() {
                 Err(e) => break say(&format!("ERROR {e}")),
             }
         },
-        "noread" => loop {
+        Mode::NoRead => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
-        "exit" => drop(s),
-        "abort" => {
+        Mode::Exit => drop(s),
+        Mode::Abort => {
             socket2::SockRef::from(&s)
                 .set_linger(Some(Duration::ZERO))
                 .expect("linger");
             drop(s);
         }
-        "halfclose" => {
+        Mode::HalfClose => {
             s.shutdown(std::net::Shutdown::Write).expect("shutdown");
             say("HALFCLOSED");
             let mut got = 0;
@@ -93,7 +197,7 @@ fn main() {
             }
             say(&format!("GOT {got}"));
         }
-        "echo" => loop {
+        Mode::Echo => loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
@@ -103,7 +207,7 @@ fn main() {
                 }
             }
         },
-        "sink" => {
+        Mode::Sink => {
             let mut total = 0usize;
             let mut bad = None;
             let mut next_report = 1 << 20;
@@ -130,7 +234,7 @@ fn main() {
                 Some(at) => say(&format!("SINK {total} BAD {at}")),
             }
         }
-        "source" => {
+        Mode::Source => {
             let mut pat = Pattern(send);
             loop {
                 pat.fill(&mut buf);
@@ -139,9 +243,18 @@ fn main() {
                 }
             }
         }
-        other => {
-            eprintln!("unknown mode {other}");
-            std::process::exit(2);
+        Mode::Stdio => {
+            let mut to_peer = s.try_clone().expect("clone the socket");
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_peer);
+                let _ = to_peer.shutdown(std::net::Shutdown::Write);
+            });
+            let mut out = std::io::stdout().lock();
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
         }
     }
 }
@@ -162,16 +275,4 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == name)?;
-    args.remove(i);
-    (i < args.len()).then(|| args.remove(i))
 }

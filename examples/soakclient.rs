@@ -1,4 +1,5 @@
-//! `cargo run --release --example soakclient -- ADDR N [--interval-ms 1000] [--timeout-ms 3000] [--inflight 64] [--welcome]`
+//! `cargo run --release --example soakclient -- ADDR N [--interval 1s] [--timeout 3s]
+//! [--inflight 64] [--welcome]`
 //!
 //! One client process of the soak test (`tests/soak.rs`): it opens `N` connections to `ADDR`
 //! with one heartloop reactor, length-delimited framing and heartbeats, so pings and pongs
@@ -28,17 +29,74 @@ use std::time::{Duration, Instant};
 
 use heartloop::{Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, Reactor, ReactorConfig};
 
-fn main() -> std::io::Result<()> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let interval = Duration::from_millis(take_num(&mut args, "--interval-ms", 1000));
-    let timeout = Duration::from_millis(take_num(&mut args, "--timeout-ms", 3000));
-    let inflight = take_num(&mut args, "--inflight", 64).max(1) as usize;
-    let welcome = take_flag(&mut args, "--welcome");
-    if args.len() != 2 {
-        usage();
+#[path = "common/opts.rs"]
+mod opts;
+
+const HELP: &str = "\
+soakclient: one client process of the soak test: N idle connections with heartbeats
+
+usage: soakclient ADDR N [OPTIONS]
+
+options:
+  --interval DUR   heartbeat interval (default 1s)
+  --timeout DUR    heartbeat timeout (default 3s)
+  --inflight N     connects in progress at once (default 64)
+  --welcome        count a connect complete only once the server's first frame arrived
+  -h, --help       print this help
+
+Lines on stdout: READY <n> <ms>, STATUS ... (for a `status` line on stdin), FAILED <cause>.
+Exits when stdin ends.
+";
+
+struct Opts {
+    addr: SocketAddr,
+    total: usize,
+    interval: Duration,
+    timeout: Duration,
+    inflight: usize,
+    welcome: bool,
+}
+
+fn parse_args() -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut interval = Duration::from_secs(1);
+    let mut timeout = Duration::from_secs(3);
+    let mut inflight = 64usize;
+    let mut welcome = false;
+    let mut positional = Vec::new();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("interval") => interval = p.value()?.parse_with(opts::parse_duration)?,
+            Long("timeout") => timeout = p.value()?.parse_with(opts::parse_duration)?,
+            Long("inflight") => inflight = p.value()?.parse()?,
+            Long("welcome") => welcome = true,
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            Value(v) if positional.len() < 2 => positional.push(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
     }
-    let addr: SocketAddr = args[0].parse().unwrap_or_else(|_| usage());
-    let total: usize = args[1].parse().unwrap_or_else(|_| usage());
+    let [addr, total] = <[String; 2]>::try_from(positional)
+        .map_err(|_| "needs ADDR and N, e.g. `soakclient 127.0.0.1:7000 1000`")?;
+    Ok(Opts {
+        addr: addr.parse().map_err(|e| format!("ADDR '{addr}': {e}"))?,
+        total: total.parse().map_err(|e| format!("N '{total}': {e}"))?,
+        interval,
+        timeout,
+        inflight: inflight.max(1),
+        welcome,
+    })
+}
+
+fn main() -> std::io::Result<()> {
+    let Opts {
+        addr,
+        total,
+        interval,
+        timeout,
+        inflight,
+        welcome,
+    } = parse_args().unwrap_or_else(|e| opts::exit_usage("soakclient", e));
 
     let start = Instant::now();
     let mut reactor = Reactor::new(ReactorConfig::default())?;
@@ -195,29 +253,4 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
-
-fn take_num(args: &mut Vec<String>, name: &str, default: u64) -> u64 {
-    let Some(i) = args.iter().position(|a| a == name) else {
-        return default;
-    };
-    args.remove(i);
-    if i >= args.len() {
-        usage();
-    }
-    args.remove(i).parse().unwrap_or_else(|_| usage())
-}
-
-fn usage() -> ! {
-    eprintln!(
-        "usage: soakclient ADDR N [--interval-ms 1000] [--timeout-ms 3000] [--inflight 64] \
-         [--welcome]"
-    );
-    std::process::exit(2)
 }

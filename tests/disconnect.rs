@@ -23,6 +23,8 @@
 //!
 //! Run: `cargo test --test disconnect -- --nocapture`.
 
+#[path = "../examples/common/opts.rs"]
+mod opts;
 mod util;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +37,7 @@ use bytes::Bytes;
 use heartloop::{
     Cause, ConnConfig, ConnId, Event, Framing, ProtocolError, Reactor, ReactorConfig, SendError,
 };
+use opts::Rng;
 use util::{
     Proc, advance, cpu_time_of, example_bin, expect_event, listening, manual_reactor, serial, step,
     tcp_queues, turn, turn_until,
@@ -697,21 +700,6 @@ fn echo_at_its_fd_limit_waits_calmly_then_serves_the_waiting_clients() {
 
 // ------------------------------------------------------------------ many, in random order
 
-/// xorshift64*: a tiny deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// What the test saw of each connection.
 #[derive(Default)]
 struct Ledger {
@@ -760,7 +748,8 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
     const TOTAL: usize = 1000;
     const MAX_LIVE: usize = 200;
     let (mut r, addr) = listening(ConnConfig::default());
-    let mut rng = Rng(0x5EED_0FD1_5C0A_A11E);
+    // The same xorshift64* sequence as the generator this test was written with.
+    let mut rng = Rng::new(0x5EED_0FD1_5C0A_A11E);
     let mut ledger = Ledger::default();
     let mut evs = Vec::new();
     // (client, its id); clients we ended locally wait in `parked` for their Disconnected.
@@ -786,8 +775,8 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
             live.push((c, conn));
             opened += 1;
         } else {
-            let (c, conn) = live.swap_remove(rng.below(live.len()));
-            let kind = rng.below(4);
+            let (c, conn) = live.swap_remove(rng.below(live.len() as u64) as usize);
+            let kind = rng.below(4) as usize;
             kinds[kind] += 1;
             let cause = match kind {
                 0 => {
@@ -803,7 +792,8 @@ fn thousand_connections_ended_in_random_order_each_end_exactly_once() {
                 }
                 2 => {
                     if rng.below(2) == 0 {
-                        r.send(conn, pattern(0, 1 + rng.below(4096))).unwrap();
+                        r.send(conn, pattern(0, 1 + rng.below(4096) as usize))
+                            .unwrap();
                     }
                     assert!(r.close(conn).is_ok());
                     parked.insert(conn, c);

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use netns::NetPair;
 use util::{Proc, example_bin};
 
-const INTERVAL_MS: &str = "200";
+const INTERVAL: &str = "200ms";
 const TIMEOUT_MS: f64 = 1000.0;
 /// How late after its deadline a verdict may come (the margin the issue gives).
 const SLACK_MS: f64 = 150.0;
@@ -83,7 +83,7 @@ fn connect(pair: &NetPair, a_args: &[&str], b_args: &[&str]) -> (Proc, Proc) {
 }
 
 fn heartbeat_args() -> Vec<&'static str> {
-    vec!["--interval-ms", INTERVAL_MS, "--timeout-ms", "1000"]
+    vec!["--interval", INTERVAL, "--timeout", "1s"]
 }
 
 /// Checks that `side`'s connection ended by heartbeat after a fault injected between
@@ -164,7 +164,7 @@ fn short_outage_is_survived_and_loses_nothing() {
     };
     const COUNT: u64 = 100;
     let mut args = heartbeat_args();
-    args.extend(["--seq", "--seq-every-ms", "20", "--seq-count", "100"]);
+    args.extend(["--seq", "--seq-every", "20ms", "--seq-count", "100"]);
     let (mut a, mut b) = connect(&pair, &args, &args);
     // Pull the cable once the stream is flowing, well before it ends.
     let early = wait_seq(&mut b, "B", 0, 10);
@@ -299,7 +299,7 @@ fn user_timeout_while_sending_is_timed_out() {
     let Some(pair) = netns::pair_or_skip("user_timeout_while_sending_is_timed_out") else {
         return;
     };
-    let args = ["--user-timeout-ms", "1000", "--seq", "--seq-every-ms", "20"];
+    let args = ["--user-timeout", "1s", "--seq", "--seq-every", "20ms"];
     let (mut a, mut b) = connect(&pair, &args, &args);
     wait_seq(&mut b, "B", 0, 5);
     let t0 = unix_ms();

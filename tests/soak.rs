@@ -236,10 +236,10 @@ fn soak_19000_idle_connections_with_heartbeats() {
         .framing(Framing::length_delimited(64 * 1024))
         .heartbeat(Heartbeat::new(INTERVAL, TIMEOUT));
     let hb_args = [
-        "--interval-ms".to_string(),
-        client_interval.as_millis().to_string(),
-        "--timeout-ms".to_string(),
-        TIMEOUT.as_millis().to_string(),
+        "--interval".to_string(),
+        format!("{}ms", client_interval.as_millis()),
+        "--timeout".to_string(),
+        format!("{}ms", TIMEOUT.as_millis()),
         "--welcome".to_string(),
     ];
 

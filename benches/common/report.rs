@@ -55,34 +55,48 @@ impl Opts {
 /// Parse the command line. `cargo bench` passes `--bench`; without it (`cargo test
 /// --benches`, `cargo test --all-targets`) the bench runs as a smoke test.
 /// `--smoke` or `HEARTLOOP_BENCH_SMOKE=1` force the smoke run; `--rounds N` and
-/// `--secs S` (measured seconds per run) override the defaults.
-pub fn opts(usage: &str) -> Opts {
+/// `--measure DUR` (measured time per run) override the defaults. `about` opens the
+/// `--help` text; a bad option ends the process with status 2.
+pub fn opts(name: &str, about: &str) -> Opts {
+    parse_opts(about).unwrap_or_else(|e| super::opts::exit_usage(name, e))
+}
+
+fn parse_opts(about: &str) -> Result<Opts, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut bench = false;
     let mut smoke = std::env::var("HEARTLOOP_BENCH_SMOKE").is_ok_and(|v| v == "1");
     let mut rounds = None;
-    let mut secs = None;
+    let mut measure = None;
     let mut pin = false;
     let mut only = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--bench" => bench = true,
-            "--smoke" => smoke = true,
-            "--pin" => pin = true,
-            "--only" => only = args.next(),
-            "--rounds" => rounds = args.next().and_then(|v| v.parse::<usize>().ok()),
-            "--secs" => secs = args.next().and_then(|v| v.parse::<f64>().ok()),
-            "--help" | "-h" => {
-                eprintln!(
-                    "{usage}\noptions: --smoke, --rounds N, --secs S (measured seconds per run), \
-                     --only TEXT (only the scenarios whose name contains TEXT), \
-                     --pin (pin the client thread to CPU 0 and the server threads to CPU 1: steadier on an \
-                     otherwise idle machine, much worse when other work shares CPU 1)"
-                );
-                std::process::exit(0);
-            }
-            // Filters and flags from the test harness conventions: ignore.
-            _ => {}
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            // `cargo bench` passes it.
+            Long("bench") => bench = true,
+            Long("smoke") => smoke = true,
+            Long("pin") => pin = true,
+            Long("only") => only = Some(p.value()?.string()?),
+            // `cargo bench -- TEXT`, as libtest's filter.
+            Value(v) if only.is_none() => only = Some(v.string()?),
+            Long("rounds") => rounds = Some(p.value()?.parse::<usize>()?),
+            Long("measure") => measure = Some(p.value()?.parse_with(super::opts::parse_duration)?),
+            Short('h') | Long("help") => super::opts::exit_help(&format!(
+                "{about}
+
+options:
+  --smoke          a quick run (also HEARTLOOP_BENCH_SMOKE=1, and without --bench)
+  --rounds N       interleaved rounds (default 15; smoke 2)
+  --measure DUR    measured time per run, e.g. 500ms (default 300ms; smoke 200ms)
+  --only TEXT      only the scenarios whose name contains TEXT (or TEXT alone)
+  --pin            pin the client thread to CPU 0 and the server threads to CPU 1:
+                   steadier on an otherwise idle machine, much worse when other work
+                   shares CPU 1
+  --bench          what `cargo bench` passes: a full run unless --smoke
+  -h, --help       print this help
+"
+            )),
+            _ => return Err(arg.unexpected()),
         }
     }
     let smoke = smoke || !bench;
@@ -95,30 +109,14 @@ pub fn opts(usage: &str) -> Opts {
     } else {
         (15, 0.3, 0.1)
     };
-    Opts {
+    Ok(Opts {
         smoke,
         rounds: rounds.unwrap_or(r).max(1),
         warmup: Duration::from_secs_f64(w),
-        measure: Duration::from_secs_f64(secs.unwrap_or(s)),
+        measure: measure.unwrap_or(Duration::from_secs_f64(s)),
         pin,
         only,
-    }
-}
-
-/// Pin the calling thread to `cpu` with `taskset -p -c` (no unsafe code needed: the
-/// thread id comes from `/proc/thread-self`). Threads it spawns afterwards inherit the
-/// mask. Returns whether it worked.
-pub fn pin_self(cpu: usize) -> bool {
-    let Ok(link) = std::fs::read_link("/proc/thread-self") else {
-        return false;
-    };
-    let tid = link.file_name().unwrap().to_string_lossy().into_owned();
-    std::process::Command::new("taskset")
-        .args(["-p", "-c", &cpu.to_string(), &tid])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    })
 }
 
 /// The order of the servers in round `round`: rotated, so no server always runs first or
@@ -231,18 +229,42 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "?".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let date = utc_now();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "- date: {date}\n- nproc: {nproc}\n- CPU: {cpu}\n- kernel: {}\n- load average at start: {}\n",
         kernel.trim(),
         loadavg()
     )
+}
+
+/// The time now as `YYYY-MM-DD HH:MM UTC` (what `date -u` would say, without running it).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// The proleptic Gregorian date `days` days after 1970-01-01, as (year, month, day).
+/// Counts in 400-year eras of 146,097 days from 0000-03-01, so leap days end a year.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z / 146_097;
+    let doe = z % 146_097; // day of the era, 0..=146_096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of the era
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the year from March 1
+    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
 }
 
 /// `/proc/loadavg`'s first three fields.

@@ -81,7 +81,7 @@ pub fn start_echo(kind: Kind, cpu: Option<usize>) -> SocketAddr {
     thread::Builder::new()
         .name(name)
         .spawn(move || match kind {
-            _ if cpu.is_some_and(|c| !super::report::pin_self(c)) => {
+            _ if cpu.is_some_and(|c| !super::pin::pin_thread(c)) => {
                 panic!("could not pin to CPU {cpu:?}")
             }
             Kind::Heartloop => heartloop_echo(tx),
@@ -334,7 +334,7 @@ pub fn start_fanout(kind: Kind, msg: usize, cpu: Option<usize>) -> FanoutAddrs {
     thread::Builder::new()
         .name(format!("fanout-{}", kind.key()))
         .spawn(move || match kind {
-            _ if cpu.is_some_and(|c| !super::report::pin_self(c)) => {
+            _ if cpu.is_some_and(|c| !super::pin::pin_thread(c)) => {
                 panic!("could not pin to CPU {cpu:?}")
             }
             Kind::Heartloop => heartloop_fanout(tx, msg),

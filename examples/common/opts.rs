@@ -8,7 +8,13 @@
 //!   `64MB`, `2G`. K, M and G are powers of 1024 whether written `K`, `KB` or `KiB`, as in
 //!   nats-server's and Redis's configuration files.
 //!
-//! Errors are sentences for the user (`"--linger: '5' needs a unit, e.g. 5s or 250ms"`).
+//! Errors are sentences for the user (`"'5' needs a unit, e.g. 5s or 5ms"`); with lexopt,
+//! `parser.value()?.parse_with(parse_duration)?` reports them as
+//! `cannot parse argument "5": '5' needs a unit, e.g. 5s or 5ms`.
+//!
+//! Every example parses its command line with lexopt the same way: `--help` prints the
+//! help to stdout and exits 0 ([`exit_help`]), anything wrong prints one line saying what
+//! and exits 2 ([`exit_usage`]).
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -61,6 +67,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// Print `help` to stdout and exit with status 0 (`--help`).
+pub fn exit_help(help: &str) -> ! {
+    print!("{help}");
+    std::process::exit(0)
+}
+
+/// Print what was wrong with the command line to stderr, `PROGRAM: ERROR` and a pointer to
+/// `--help`, and exit with status 2 (bad usage, as getopt programs do).
+pub fn exit_usage(program: &str, error: impl std::fmt::Display) -> ! {
+    eprintln!("{program}: {error}\n(`{program} --help` lists the options)");
+    std::process::exit(2)
+}
+
 /// Parse a size in bytes such as `4096`, `64k`, `64MB` or `1.5GiB` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let text = s.trim();
@@ -89,6 +108,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{text}' is not a whole number of bytes"));
     }
     Ok(bytes as u64)
+}
+
+/// [`parse_size`] for a `usize` (a buffer or queue length).
+pub fn parse_size_usize(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_size(s)?).map_err(|_| format!("'{}' is too large", s.trim()))
 }
 
 /// A small, fast, deterministic pseudo-random generator (xorshift64*) for load generators

@@ -229,8 +229,8 @@ pub fn poll_for(r: &mut Reactor, log: &mut Vec<Event>, d: Duration) {
     let _ = poll_until(r, log, d, |_| false);
 }
 
-// Added for tests/backpressure.rs: children that log to stderr (env_logger), e.g. the
-// `echo` example, which prints `echo listening on ADDR` there.
+// Added for tests/backpressure.rs: children that log to stderr (examples/common/logger.rs),
+// e.g. the `echo` example, which prints `echo listening on ADDR` there.
 impl Proc {
     /// Like [`Proc::from_command`], but the child's stderr lines are collected too,
     /// interleaved with its stdout lines as they arrive.
@@ -469,4 +469,61 @@ pub fn end_of(r: &mut Reactor, log: &mut Vec<Event>, conn: heartloop::ConnId) ->
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// Added for tests/examples_cli.rs and the broker's tests: the examples' command lines.
+
+/// Checks that `program --help` exits 0 with a usage line and lists every long option that
+/// `source` (the program's main file) matches as `Long("NAME")` (lexopt), as a whole word.
+#[track_caller]
+pub fn assert_help_lists_every_option(name: &str, program: &std::path::Path, source: &str) {
+    let src = std::fs::read_to_string(source).unwrap_or_else(|e| panic!("read {source}: {e}"));
+    let options: Vec<String> = src
+        .split("Long(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(opt, _)| format!("--{opt}")))
+        .collect();
+    assert!(
+        options.iter().any(|o| o == "--help"),
+        "{name}: no --help in {source}"
+    );
+    let out = Command::new(program)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{name} --help: {out:?}");
+    assert!(
+        help.contains("usage:"),
+        "{name} --help has no usage line:\n{help}"
+    );
+    for opt in &options {
+        // Whole words only: `--seq` must not be found inside `--seq-every`.
+        let listed = help.match_indices(opt.as_str()).any(|(i, _)| {
+            let next = help[i + opt.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+        assert!(listed, "{name} --help does not list {opt}:\n{help}");
+    }
+}
+
+/// Checks that `program --no-such-option` exits 2 saying so, and points to `--help`.
+#[track_caller]
+pub fn assert_rejects_unknown_option(name: &str, program: &std::path::Path) {
+    let out = Command::new(program)
+        .arg("--no-such-option")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+    assert!(
+        err.starts_with(&format!("{name}: invalid option '--no-such-option'")),
+        "{name}: {err}"
+    );
+    assert!(
+        err.contains("--help"),
+        "{name} does not point to --help: {err}"
+    );
 }

@@ -7,13 +7,16 @@
 //! startup line). Its parser and subject index are compiled in here too (`#[path]`), so
 //! their unit tests run with this file and the fuzz calls the parser directly.
 
+#[path = "../../common/opts.rs"]
+mod opts;
+#[path = "../../../tests/util/mod.rs"]
 mod util;
 
 #[allow(dead_code)]
-#[path = "../examples/broker/parser.rs"]
+#[path = "../src/parser.rs"]
 mod parser;
 #[allow(dead_code)]
-#[path = "../examples/broker/subjects.rs"]
+#[path = "../src/subjects.rs"]
 mod subjects;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use proptest::prelude::*;
-use util::{Proc, example_bin};
+use util::Proc;
 
 /// Generous bound for anything that should take milliseconds (busy, shared machine).
 const SLOW: Duration = Duration::from_secs(20);
@@ -44,7 +47,7 @@ impl Broker {
 fn broker(args: &[&str]) -> Broker {
     let mut all = vec!["--addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut proc = Proc::spawn(example_bin("broker"), &all);
+    let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_broker"), &all);
     let rest = proc.expect_line("broker listening on ", Duration::from_secs(60));
     let addr = rest
         .split_whitespace()
@@ -52,6 +55,24 @@ fn broker(args: &[&str]) -> Broker {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in startup line {rest:?}"));
     Broker { proc, addr }
+}
+
+#[test]
+fn command_line_help_lists_every_option_and_bad_ones_exit_2() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_broker"));
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs");
+    util::assert_help_lists_every_option("broker", bin, source);
+    util::assert_rejects_unknown_option("broker", bin);
+    // Durations and sizes as people type them; a bare number of seconds is refused.
+    let out = std::process::Command::new(bin)
+        .args(["--write-deadline", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a unit"),
+        "{out:?}"
+    );
 }
 
 // ------------------------------------------------------------------ a raw client
@@ -302,16 +323,11 @@ fn raw_byte_at_a_time_and_garbage() {
     c.expect("PONG");
 
     // Garbage on other connections ends only those connections.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = opts::Rng::new(0x9E37_79B9_7F4A_7C15);
     for round in 0..20 {
         let mut g = Raw::connect(b.addr);
         let junk: Vec<u8> = (0..(1 + round * 97))
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
+            .map(|_| rng.next_u64() as u8)
             .collect();
         let _ = g.w.write_all(&junk);
         // Whatever it makes of it, the broker answers or waits; it never dies.

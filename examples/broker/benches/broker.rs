@@ -1,11 +1,12 @@
-//! `cargo build --release --example broker && taskset -c 1 cargo bench --bench broker`
-//! (`-- --rounds N --secs S`, `-- --only fanout_100`)
+//! `cargo bench --bench broker` (`-- --rounds N --measure DUR`, `-- --only fanout_100`,
+//! `-- --help`)
 //!
 //! The broker example against nats-server and redis pub/sub, side by side in one run.
 //! Needs Debian's `nats-server` and `redis-server` packages (benchmarks only; a missing one
-//! is skipped with a loud `SKIPPED`). Each broker runs pinned to core 0 (`taskset -c 0`);
-//! this process, the load generator, pins itself to core 1. The load generator is one mio
-//! loop speaking both protocols, the same code for every broker.
+//! is skipped with a loud `SKIPPED`). Each broker runs pinned to core 0
+//! (`benches/common/pin.rs`); this process, the load generator, pins itself to core 1.
+//! The load generator is one mio loop speaking both protocols, the same code for every
+//! broker.
 //!
 //! Scenarios (payload 16 bytes unless said):
 //! * `fanout_100`, `fanout_1000`: one publisher, 100 / 1,000 subscribers, flat out (the
@@ -29,6 +30,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../common/opts.rs"]
+mod opts;
+#[path = "../../../benches/common/pin.rs"]
+mod pin;
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream as MioStream;
@@ -103,30 +109,15 @@ fn which(prog: &str) -> Option<PathBuf> {
     None
 }
 
-fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("examples").join(name);
-    if !bin.exists() {
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--example", name])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    bin
-}
-
 fn start(kind: Kind) -> Option<Broker> {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"]);
+    let mut cmd;
     let mut http = None;
     let mut dir = None;
     match kind {
         Kind::Heartloop => {
-            cmd.arg(example_bin("broker"));
+            cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
             cmd.args([
                 "--addr",
                 &addr.to_string(),
@@ -154,13 +145,15 @@ fn start(kind: Kind) -> Option<Broker> {
                 ),
             )
             .unwrap();
-            cmd.arg(bin).args(["-c", conf.to_str().unwrap()]);
+            cmd = Command::new(bin);
+            cmd.args(["-c", conf.to_str().unwrap()]);
             http = Some(format!("127.0.0.1:{hport}").parse().unwrap());
             dir = Some(d);
         }
         Kind::Redis => {
             let bin = which("redis-server")?;
-            cmd.arg(bin).args([
+            cmd = Command::new(bin);
+            cmd.args([
                 "--port",
                 &port.to_string(),
                 "--bind",
@@ -180,7 +173,7 @@ fn start(kind: Kind) -> Option<Broker> {
     if std::env::var_os("BENCH_BROKER_STDERR").is_none() {
         cmd.stderr(Stdio::null());
     }
-    let child = cmd.spawn().ok()?;
+    let child = pin::spawn_pinned(&mut cmd, 0).ok()?;
     let b = Broker {
         kind,
         child,
@@ -856,26 +849,44 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> io::Result<()> {
-    let mut rounds = 3;
-    let mut secs = 3.0;
-    let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
-            "--secs" => secs = args.next().unwrap().parse().unwrap(),
-            "--only" => only = args.next(),
-            "--bench" => {}
-            _ => {}
+const HELP: &str = "\
+broker bench: the broker example against nats-server and redis pub/sub, side by side
+
+usage: cargo bench --bench broker [-- OPTIONS]
+
+options:
+  --rounds N       rounds, each running every scenario against every broker (default 3)
+  --measure DUR    measured time per scenario, e.g. 3s (default 3s; slow_subscriber at
+                   least 6s)
+  --only NAME      only this scenario: fanout_100, fanout_1000, fanout_1000_paced,
+                   request_reply, slow_subscriber
+  --bench          what `cargo bench` passes
+  -h, --help       print this help
+";
+
+/// `(rounds, measured seconds, only)`.
+fn parse_args() -> Result<(usize, f64, Option<String>), lexopt::Error> {
+    use lexopt::prelude::*;
+    let (mut rounds, mut measure, mut only) = (3, Duration::from_secs(3), None);
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("rounds") => rounds = p.value()?.parse()?,
+            Long("measure") => measure = p.value()?.parse_with(opts::parse_duration)?,
+            Long("only") => only = Some(p.value()?.string()?),
+            Long("bench") => {}
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
         }
     }
+    Ok((rounds, measure.as_secs_f64(), only))
+}
+
+fn main() -> io::Result<()> {
+    let (rounds, secs, only) = parse_args().unwrap_or_else(|e| opts::exit_usage("broker", e));
     // The load generator on core 1, every broker on core 0.
-    let st = Command::new("taskset")
-        .args(["-a", "-cp", "1", &std::process::id().to_string()])
-        .output();
-    if !st.is_ok_and(|o| o.status.success()) {
-        eprintln!("could not pin the load generator to core 1 (taskset)");
+    if !pin::pin_thread(1) {
+        eprintln!("could not pin the load generator to core 1");
     }
     let mut kinds = vec![Kind::Heartloop];
     for (k, prog) in [

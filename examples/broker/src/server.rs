@@ -12,6 +12,7 @@ use heartloop::{
 };
 use slab::Slab;
 
+use crate::opts::Rng;
 use crate::parser::{Op, ParseError, Parser};
 use crate::subjects::{Index, Loc, Matches, valid_literal_subject};
 
@@ -165,7 +166,8 @@ pub struct Server {
     /// A publisher was held back since the last poll: poll once without sleeping, so that
     /// the reactor writes what is queued before `release_held` looks again.
     fresh_hold: bool,
-    rng: u64,
+    /// Picks the queue-group member that gets a message.
+    rng: Rng,
 }
 
 impl Server {
@@ -213,7 +215,7 @@ impl Server {
             held: Vec::new(),
             hold: None,
             fresh_hold: false,
-            rng: seed | 1,
+            rng: Rng::new(seed),
         })
     }
 
@@ -629,7 +631,7 @@ impl Server {
         }
         for (_, members) in m.groups() {
             let n = members.len();
-            let start = (self.random() % n as u64) as usize;
+            let start = self.rng.below(n as u64) as usize;
             if let Some(s) = (0..n)
                 .map(|j| members[(start + j) % n])
                 .find(|&s| self.eligible(from, s))
@@ -867,14 +869,6 @@ impl Server {
             }
             _ => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
         }
-    }
-
-    fn random(&mut self) -> u64 {
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 

@@ -1,0 +1,108 @@
+//! `cargo run --release -p heartloop-broker -- --addr 127.0.0.1:4222`
+//!
+//! A NATS-protocol message broker on one heartloop reactor: real NATS clients
+//! (`async-nats`, `nats.go`, the `nats` CLI) can connect, publish, subscribe with `*` and
+//! `>` wildcards and queue groups, make requests, and use headers.
+//!
+//! What heartloop brings to it:
+//! * liveness: a client silent for `--ping-interval` gets a `PING`; after `--ping-max`
+//!   unanswered ones it gets `-ERR 'Stale Connection'` and is closed;
+//! * slow consumers: a subscriber with more than `--max-pending` bytes pending (checked
+//!   at every message it is sent), or whose queue made no progress for
+//!   `--write-deadline`, is closed (and logged). As nats-server does, a subscriber over
+//!   half its `--max-pending` holds back the publishers that feed it (their reading is
+//!   paused) until it drains below half, for at most a second: one that keeps up is not
+//!   cut by a burst of fan-in, and one that does not drain costs its publishers that
+//!   second once and is then left to reach its limit;
+//! * fan-out without copies of large payloads: every subscriber's queue holds the same
+//!   payload `Bytes` (small ones are cheaper to copy into each subscriber's write batch).
+//!
+//! Options (defaults are nats-server's, but for `--copy-below`): `--addr HOST:PORT` (127.0.0.1:4222; port 0 picks
+//! one), `--ping-interval DUR` (2m), `--ping-max N` (2), `--max-payload SIZE` (1MB),
+//! `--max-pending SIZE` (64MB), `--write-deadline DUR` (10s), and `--copy-below SIZE`
+//! (1KB: payloads shorter than this are copied into each subscriber's write batch, longer
+//! ones are shared by all subscribers as one `Bytes`; 0 shares every payload). DUR is a
+//! duration such as `250ms`, `10s` or `2m`; SIZE is bytes with an optional `KB`/`MB`/`GB`
+//! (powers of 1024), as in `examples/common/opts.rs`. `--help` lists them.
+//!
+//! Prints one line, `broker listening on ADDR ...`, to stdout. Per-connection events are
+//! logged at debug level: `RUST_LOG=debug`.
+
+#[path = "../../common/logger.rs"]
+mod logger;
+#[path = "../../common/opts.rs"]
+mod opts;
+mod parser;
+mod server;
+mod subjects;
+
+use server::{Config, Server};
+
+const HELP: &str = "\
+broker: a NATS-protocol broker on one heartloop reactor (defaults are nats-server's)
+
+usage: broker [OPTIONS]
+
+options:
+  --addr HOST:PORT         where to listen (default 127.0.0.1:4222; port 0 picks one)
+  --ping-interval DUR      PING a client silent this long (default 2m)
+  --ping-max N             unanswered PINGs before the client is stale (default 2)
+  --max-payload SIZE       largest payload a client may publish (default 1MB)
+  --max-pending SIZE       bytes pending for a client before it is a slow consumer
+                           (default 64MB)
+  --write-deadline DUR     longest a client's queue may make no progress (default 10s)
+  --copy-below SIZE        payloads shorter than this are copied into each subscriber's
+                           batch, longer ones shared (default 1KB; 0 shares every one)
+  -h, --help               print this help
+
+DUR is a duration such as 250ms, 10s or 2m; SIZE is bytes with an optional unit, such
+as 4096, 64KB or 1MB (powers of 1024). RUST_LOG=debug logs every connection.
+";
+
+fn parse_args() -> Result<Config, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut cfg = Config::default();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("addr") => cfg.addr = p.value()?.parse()?,
+            Long("ping-interval") => {
+                cfg.ping_interval = p.value()?.parse_with(opts::parse_duration)?
+            }
+            Long("ping-max") => cfg.ping_max = p.value()?.parse()?,
+            Long("max-payload") => {
+                cfg.max_payload = p.value()?.parse_with(opts::parse_size_usize)?
+            }
+            Long("max-pending") => {
+                cfg.max_pending = p.value()?.parse_with(opts::parse_size_usize)?
+            }
+            Long("copy-below") => cfg.copy_below = p.value()?.parse_with(opts::parse_size_usize)?,
+            Long("write-deadline") => {
+                cfg.write_deadline = p.value()?.parse_with(opts::parse_duration)?
+            }
+            Short('h') | Long("help") => opts::exit_help(HELP),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if cfg.ping_interval.is_zero() || cfg.write_deadline.is_zero() {
+        return Err("--ping-interval and --write-deadline must be above zero".into());
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::io::Result<()> {
+    let cfg = parse_args().unwrap_or_else(|e| opts::exit_usage("broker", e));
+    logger::init("info");
+    let mut server = Server::bind(cfg)?;
+    println!(
+        "broker listening on {} (ping every {:?}, stale after {} unanswered, max_payload {}, \
+         max_pending {}, write_deadline {:?})",
+        server.local_addr(),
+        cfg.ping_interval,
+        cfg.ping_max,
+        cfg.max_payload,
+        cfg.max_pending,
+        cfg.write_deadline
+    );
+    server.run()
+}
