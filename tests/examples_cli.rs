@@ -14,9 +14,9 @@ use logger::Logger;
 use util::example_bin;
 
 /// Every example of this package (the broker's are checked in its own tests).
-const EXAMPLES: [&str; 9] = [
+/// (The latency client, `examples/latency`, is a crate of its own with its own tests.)
+const EXAMPLES: [&str; 8] = [
     "echo",
-    "pingpong",
     "peer",
     "hbpeer",
     "soakclient",
@@ -52,14 +52,10 @@ fn unknown_option_is_named_and_exits_2() {
 #[test]
 fn bad_values_say_what_is_wrong_and_exit_2() {
     let cases: [(&str, &[&str], &str); 7] = [
+        ("echo", &["--protocol", "http"], "echo or sockperf"),
         ("echo", &["--heartbeat", "5"], "needs a unit"),
         ("echo", &["--max-queued", "4 parsecs"], "unknown unit"),
         ("echo", &["--addr"], "missing argument for option '--addr'"),
-        (
-            "pingpong",
-            &["--duration", "5s", "--count", "10"],
-            "not both",
-        ),
         ("peer", &["127.0.0.1:7000", "dance"], "unknown mode 'dance'"),
         (
             "hbpeer",
@@ -82,7 +78,7 @@ fn bad_values_say_what_is_wrong_and_exit_2() {
 #[test]
 fn typed_durations_and_sizes_are_accepted() {
     // The typed forms parse (the run then ends at once: `--help` comes after them).
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 3] = [
         (
             "echo",
             &[
@@ -94,7 +90,6 @@ fn typed_durations_and_sizes_are_accepted() {
                 "1m30s",
             ],
         ),
-        ("pingpong", &["--duration", "1.5s", "--size", "16k"]),
         (
             "hbpeer",
             &[
