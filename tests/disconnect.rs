@@ -21,7 +21,7 @@
 //! connect timeout, linger) are tested in stepped time (a manual `Clock`, see `tests/util`):
 //! exactly at the deadline, nothing a millisecond before.
 //!
-//! Run: `cargo test --test disconnect -- --nocapture`.
+//! Run: `cargo test -p heartloop-tests --test disconnect -- --nocapture`.
 
 #[path = "../examples/common/opts.rs"]
 mod opts;

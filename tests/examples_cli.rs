@@ -37,7 +37,7 @@ fn run(example: &str, args: &[&str]) -> Output {
 #[test]
 fn help_lists_every_option_and_exits_0() {
     for example in EXAMPLES {
-        let source = format!("{}/examples/{example}.rs", env!("CARGO_MANIFEST_DIR"));
+        let source = format!("{}/../examples/{example}.rs", env!("CARGO_MANIFEST_DIR"));
         util::assert_help_lists_every_option(example, &example_bin(example), &source);
     }
 }

@@ -12,7 +12,7 @@
 //! `heartbeat_connection_wakes_only_for_pings_and_pongs`), a silent peer's timeout
 //! (`silent_peer_is_heartbeat_timeout`) and a ping jumping a data backlog.
 //!
-//! Run: `cargo test --release --test heartbeat`.
+//! Run: `cargo test --release -p heartloop-tests --test heartbeat`.
 
 mod util;
 

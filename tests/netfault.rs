@@ -8,7 +8,7 @@
 //! connections alive). Needs root, `ip` (iproute2) and `nft` (nftables); without them each test
 //! prints `SKIPPED: <reason>` to stderr and passes, except under CI (`CI=true`), where it fails.
 //!
-//! Run: `cargo test --release --test netfault` (as root).
+//! Run: `cargo test --release -p heartloop-tests --test netfault` (as root).
 
 #[path = "../examples/common/netns.rs"]
 mod netns;

@@ -14,7 +14,7 @@
 //! a client keeps at most 64 connects waiting for one, so the listen backlog never overflows.
 //! Knobs for exploring: `HEARTLOOP_SOAK_CLIENT_INTERVAL_MS` (the clients' ping interval) and
 //! `HEARTLOOP_SOAK_SLACK_MS` (the server's heartbeat slack).
-//! Run: `HEARTLOOP_SOAK_SECS=15 cargo test --release --test soak -- --ignored --nocapture`.
+//! Run: `HEARTLOOP_SOAK_SECS=15 cargo test --release -p heartloop-tests --test soak -- --ignored --nocapture`.
 //! Without root the cable part is skipped loudly and all 19,000 connections use loopback;
 //! in CI (`CI` set) that is a failure.
 
