@@ -312,3 +312,32 @@ fn the_reactor_wide_cap_cuts_the_connections_that_hold_the_memory() {
     ));
     assert!(r.is_open(small));
 }
+
+/// Regression: `Stats::longest_turn_us` counted the work from the OS poll's return to the
+/// hand-over, not the flush of the owner's sends that `poll` does before it waits: a turn
+/// whose flush wrote 300,000 queued messages reported a few microseconds. The flush is
+/// work every other connection waits behind; it counts now.
+#[test]
+fn the_longest_turn_counts_the_flush_before_the_wait() {
+    let _s = serial();
+    let cfg =
+        ConnConfig::default().outbound(OutboundConfig::limit(1 << 30, OverflowPolicy::Reject));
+    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let mut log = Vec::new();
+    let _peer = TcpStream::connect(addr).unwrap();
+    let conn = accept(&mut r, &mut log);
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let one = Bytes::from_static(b"x");
+    for _ in 0..300_000 {
+        r.send(conn, one.clone()).unwrap();
+    }
+    // The turn is nearly all flush: no I/O waits (zero timeout) and nothing else is due.
+    let t = Instant::now();
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let took = t.elapsed();
+    let longest = Duration::from_micros(r.stats().longest_turn_us);
+    assert!(
+        longest >= took / 2,
+        "the poll call took {took:?}, nearly all of it flushing, but the longest turn is {longest:?}"
+    );
+}
