@@ -341,3 +341,56 @@ fn the_longest_turn_counts_the_flush_before_the_wait() {
         "the poll call took {took:?}, nearly all of it flushing, but the longest turn is {longest:?}"
     );
 }
+
+/// Regression: a `Data` was always a slice of the reactor's 64 KiB read chunk, so an owner
+/// that kept small payloads (or queued them for a peer that does not read, as an echo
+/// does) kept a whole chunk alive per payload: 1,000 kept 10-byte frames, each read beside
+/// a 40 KiB frame that was dropped, held ~60 MiB. A short `Data` is a copy of its own now:
+/// the kept frames hold about what they are.
+#[test]
+fn kept_small_payloads_do_not_pin_read_chunks() {
+    let _s = serial();
+    const ROUNDS: usize = 1000;
+    let cfg = ConnConfig::default().framing(Framing::length_delimited(1 << 20));
+    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let mut log = Vec::new();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    let _conn = accept(&mut r, &mut log);
+    let writer = std::thread::spawn(move || {
+        let big = vec![7u8; 40 * KIB];
+        for i in 0..ROUNDS {
+            let mut w = Vec::with_capacity(10 + 5 + 5 + big.len());
+            w.extend_from_slice(&header(10, 0));
+            w.extend_from_slice(&[i as u8; 10]);
+            w.extend_from_slice(&header(big.len() as u32, 0));
+            w.extend_from_slice(&big);
+            peer.write_all(&w).unwrap();
+        }
+        peer
+    });
+    let rss0 = util::rss_kib();
+    let mut kept: Vec<Bytes> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while kept.len() < ROUNDS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} small frames",
+            kept.len()
+        );
+        r.poll(&mut log, Some(Duration::from_millis(50))).unwrap();
+        for ev in log.drain(..) {
+            if let Event::Data { bytes, .. } = ev
+                && bytes.len() == 10
+            {
+                kept.push(bytes);
+            }
+        }
+    }
+    let grew = util::rss_kib().saturating_sub(rss0);
+    let _peer = writer.join().unwrap();
+    assert!(kept.iter().enumerate().all(|(i, b)| b[..] == [i as u8; 10]));
+    assert!(
+        grew < 8 * 1024,
+        "{ROUNDS} kept 10-byte payloads grew the process by {grew} KiB"
+    );
+}

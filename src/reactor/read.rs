@@ -26,6 +26,22 @@ pub(crate) const EVENT_BUDGET: usize = 1024;
 /// Most bytes reserved up front for a frame whose header announced more: the buffer grows
 /// with the bytes that actually arrive, not with what the peer claims.
 const PARTIAL_RESERVE: usize = 64 * 1024;
+/// A `Data` shorter than this is copied out of the buffer it was read into, so that an
+/// owner who keeps it (or queues it for a peer that does not read) holds its length and
+/// not the whole 64 KiB read chunk behind it. A longer one is a slice of that buffer: it
+/// keeps at most 4× its length alive (one read chunk), or, for a frame assembled across
+/// reads, the frame's own buffer. Copying a short payload costs one small allocation and a
+/// `memcpy` next to the `read` that brought it (see BENCHMARKS.md).
+pub(crate) const COPY_BELOW: usize = 16 * 1024;
+
+/// The payload as handed to the owner: a copy of its own when short (see [`COPY_BELOW`]).
+fn detach(bytes: Bytes) -> Bytes {
+    if bytes.len() < COPY_BELOW {
+        Bytes::copy_from_slice(&bytes)
+    } else {
+        bytes
+    }
+}
 
 impl Reactor {
     /// Read until `WouldBlock`, the budget, or (when `short_read_drains`) a short read;
@@ -180,7 +196,7 @@ impl Reactor {
                 *events += 1;
                 self.pending.push(Event::Data {
                     conn: id,
-                    bytes: chunk.freeze(),
+                    bytes: detach(chunk.freeze()),
                 });
             }
             return Ok(());
@@ -237,7 +253,10 @@ impl Reactor {
                         // An empty length-delimited frame carries nothing to hand over (its
                         // bytes still proved the peer alive); an empty line is a message.
                         Kind::Data if !bytes.is_empty() || !length_delimited => {
-                            self.pending.push(Event::Data { conn: id, bytes });
+                            self.pending.push(Event::Data {
+                                conn: id,
+                                bytes: detach(bytes),
+                            });
                         }
                         Kind::Ping => pinged = true,
                         Kind::Data | Kind::Pong => {}
