@@ -48,7 +48,9 @@ pub struct ConnConfig {
     pub framing: Framing,
     /// Heartbeat interval and timeout. Default: `None` (no heartbeat).
     pub heartbeat: Option<Heartbeat>,
-    /// Outbound queue limits (watermarks, hard limit, policy, stall timeout).
+    /// Outbound queue limits (watermarks, hard limit, policy, stall timeout). They count
+    /// memory: a queued message's bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) for its bookkeeping.
     pub outbound: OutboundConfig,
     /// Time allowed for an outgoing connect. Default: 10 s. `None`: the kernel's (minutes).
     pub connect_timeout: Option<Duration>,
@@ -181,7 +183,10 @@ pub struct ReactorConfig {
     /// When accept fails for lack of file descriptors (`EMFILE`/`ENFILE`), wait this long
     /// before trying again (doubling up to 1 s while it keeps failing). Default: 20 ms.
     pub accept_backoff: Duration,
-    /// Cap on bytes queued across all connections, and what a send over it does.
+    /// Cap on the memory queued across all connections, and what a send over it does.
+    /// Counted as the per-connection limits count it: each queued message's bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) (128 B) for its bookkeeping, so a
+    /// flood of tiny messages meets the cap at about the memory it names.
     /// Default: 1 GiB, `Reject`.
     pub total_queued_limit: usize,
     /// Policy for the total cap: `Reject` fails the send; `Disconnect` ends the connections

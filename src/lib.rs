@@ -222,6 +222,6 @@ pub use config::{ConnConfig, Keepalive, ReactorConfig};
 pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, TimerId};
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
-pub use outbound::{OutboundConfig, OverflowPolicy};
+pub use outbound::{OutboundConfig, OverflowPolicy, QUEUE_ENTRY_COST};
 pub use reactor::{ListenOptions, Reactor, SendError, TOKEN_SPAN};
 pub use stats::{DisconnectCounts, Stats};

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor,
-    ReactorConfig, SendError,
+    Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy,
+    QUEUE_ENTRY_COST, Reactor, ReactorConfig, SendError,
 };
 use util::expect_event;
 
 const WAIT: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
 
 fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
@@ -393,4 +394,35 @@ fn kept_small_payloads_do_not_pin_read_chunks() {
         grew < 8 * 1024,
         "{ROUNDS} kept 10-byte payloads grew the process by {grew} KiB"
     );
+}
+
+/// Regression: the outbound limits counted payload bytes only, while each queued frame
+/// costs ~110 B of bookkeeping beyond them (queue entries, its own allocation): 174,762
+/// one-byte length-delimited frames fit "under" a 1 MiB hard limit, and as many under a
+/// 1 MiB reactor-wide cap, holding ~20 MiB. Each message is charged
+/// `QUEUE_ENTRY_COST` now, by both.
+#[test]
+fn tiny_frames_are_charged_their_bookkeeping_by_the_limit_and_the_cap() {
+    let _s = serial();
+    let one = Bytes::from_static(b"x");
+    let ld = Framing::length_delimited(1 << 20);
+    // The per-connection hard limit, then the reactor-wide cap.
+    for (limit, cap) in [(MIB, 1 << 30), (1 << 30, MIB)] {
+        let cfg = ConnConfig::default()
+            .framing(ld)
+            .outbound(OutboundConfig::limit(limit, OverflowPolicy::Reject));
+        let rcfg = ReactorConfig::default().total_queued_limit(cap, OverflowPolicy::Reject);
+        let (mut r, addr) = listening(rcfg, cfg);
+        let mut log = Vec::new();
+        let _peer = TcpStream::connect(addr).unwrap();
+        let conn = accept(&mut r, &mut log);
+        // No turn runs: nothing is flushed, the queue only grows.
+        let mut n = 0usize;
+        while r.send(conn, one.clone()).is_ok() {
+            n += 1;
+            assert!(n <= MIB, "a million 1-byte sends and no refusal");
+        }
+        assert_eq!(n, MIB / (6 + QUEUE_ENTRY_COST), "limit {limit}, cap {cap}");
+        assert_eq!(r.queued(conn), Some(6 * n));
+    }
 }

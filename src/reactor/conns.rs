@@ -427,6 +427,7 @@ impl Reactor {
             (cause, _) => cause,
         };
         self.stats.bytes_queued -= c.out.queued() as u64;
+        self.charged -= c.out.charged();
         self.stats.open_connections -= 1;
         if c.live.is_some() {
             self.heartbeat_conns -= 1;

@@ -101,6 +101,10 @@ pub struct Reactor {
     due: Vec<ConnId>,
     now: Instant,
     stats: Stats,
+    /// What every outbound queue is charged together (bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) per message): what the reactor-wide
+    /// cap is compared with.
+    charged: usize,
     heartbeat_conns: usize,
     /// Shared with the handles, created by the first [`Reactor::handle`] call.
     shared: Option<Arc<Shared>>,
@@ -168,6 +172,7 @@ impl Reactor {
             due: Vec::new(),
             now,
             stats: Stats::default(),
+            charged: 0,
             heartbeat_conns: 0,
             shared: None,
             commands: VecDeque::new(),

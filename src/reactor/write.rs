@@ -12,7 +12,7 @@ use crate::cause::Cause;
 use crate::codec::{self, Framing, Kind};
 use crate::event::{ConnId, Event};
 use crate::lifecycle::{Refused, Step};
-use crate::outbound::{OverflowPolicy, PushError, Watermark};
+use crate::outbound::{OverflowPolicy, PushError, Watermark, charge};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -131,7 +131,7 @@ impl Reactor {
     pub fn send_parts(&mut self, id: ConnId, head: Bytes, body: Bytes) -> Result<(), SendError> {
         let total_cap = self.cfg.total_queued_limit;
         let total_policy = self.cfg.total_queued_policy;
-        let total = self.stats.bytes_queued as usize;
+        let total = self.charged;
         let now = self.now;
         let framing = {
             let c = self.table.conn(id).ok_or(SendError::Stale)?;
@@ -156,10 +156,11 @@ impl Reactor {
             _ => 0,
         };
         let len = frame_header + head.len() + body.len();
-        if total.saturating_add(len) > total_cap {
+        // The cap counts memory: bytes plus the bookkeeping of every queued message.
+        if total.saturating_add(charge(len)) > total_cap {
             // Over the reactor-wide cap. `Disconnect` cuts the connections that hold the
             // memory (largest queue first), which may or may not include this one.
-            let room = total_policy == OverflowPolicy::Disconnect && self.make_room(len);
+            let room = total_policy == OverflowPolicy::Disconnect && self.make_room(charge(len));
             let queued = self.table.conn(id).map_or(0, |c| c.out.queued());
             if !room || !self.is_open(id) {
                 self.stats.sends_rejected += 1;
@@ -189,8 +190,10 @@ impl Reactor {
         } else {
             now
         };
+        let before = c.out.charged();
         match c.out.push(header, body, &out_cfg, now) {
             Ok(mark) => {
+                self.charged += c.out.charged() - before;
                 let dirty = !c.dirty;
                 c.dirty = true;
                 if dirty {
@@ -208,21 +211,21 @@ impl Reactor {
         }
     }
 
-    /// Cut the connections with the largest queues, as slow peers, until `need` more
-    /// bytes fit under the reactor-wide cap. Whether they fit now. O(connections) per
-    /// connection cut; only ever runs over the cap.
+    /// Cut the connections with the largest queues (by their charge), as slow peers,
+    /// until `need` more bytes charged fit under the reactor-wide cap. Whether they fit
+    /// now. O(connections) per connection cut; only ever runs over the cap.
     fn make_room(&mut self, need: usize) -> bool {
         let cap = self.cfg.total_queued_limit;
         if need > cap {
             return false; // the send alone is over the cap: cutting others cannot help
         }
-        while (self.stats.bytes_queued as usize).saturating_add(need) > cap {
-            let Some((id, queued)) = self
+        while self.charged.saturating_add(need) > cap {
+            let Some((id, queued, _)) = self
                 .table
                 .conns()
-                .map(|c| (c.id, c.out.queued()))
-                .max_by_key(|&(_, q)| q)
-                .filter(|&(_, q)| q > 0)
+                .map(|c| (c.id, c.out.queued(), c.out.charged()))
+                .max_by_key(|&(_, _, charged)| charged)
+                .filter(|&(_, _, charged)| charged > 0)
             else {
                 return false; // nothing left to cut
             };
@@ -262,10 +265,13 @@ impl Reactor {
         let Some(c) = self.table.conn_mut(id) else {
             return;
         };
-        let len = frame.len();
         let cfg = c.cfg.outbound;
+        let (bytes, charged) = (c.out.queued(), c.out.charged());
         let mark = c.out.push_control(frame, &cfg, now);
-        self.add_queued(len);
+        // Nothing is queued when the same frame already waits (one pong answers all).
+        let (bytes, charged) = (c.out.queued() - bytes, c.out.charged() - charged);
+        self.charged += charged;
+        self.add_queued(bytes);
         if let Some(Watermark::High { queued }) = mark {
             self.pending.push(Event::WriteBlocked { conn: id, queued });
         }
@@ -343,7 +349,10 @@ impl Reactor {
                     if let Some(l) = c.live.as_mut() {
                         l.on_send(now);
                     }
-                    if let Some(Watermark::Low) = c.out.consumed(n, &cfg, now) {
+                    let charged = c.out.charged();
+                    let mark = c.out.consumed(n, &cfg, now);
+                    self.charged -= charged - c.out.charged();
+                    if let Some(Watermark::Low) = mark {
                         self.pending.push(Event::Writable { conn: id });
                     }
                     if n < offered {
