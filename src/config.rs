@@ -199,6 +199,19 @@ pub struct ReactorConfig {
     /// Most [`Handle`](crate::Handle) commands waiting at once; more are refused with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 1,048,576.
     pub handle_queue_limit: usize,
+    /// Most work one turn does across all connections: at most `turn_events` units
+    /// (each read call and each frame decoded, data or control or empty, counts one) and
+    /// `turn_bytes` bytes read. The connections left unread when either runs out keep
+    /// their place: they are read first in the next turn, which follows at once (the
+    /// poll does not sleep while some wait), and connections that become ready meanwhile
+    /// queue behind them, so every ready connection is read within a bounded number of
+    /// turns and no readiness is lost. Each connection's own budget per turn
+    /// ([`ConnConfig::read_budget`], and 1,024 frames) still applies. Thousands of busy
+    /// peers thus cannot make one turn long for everyone else (accepts have their own
+    /// [`accept_budget`](Self::accept_budget)). Default: 1,024 units and 512 KiB.
+    pub turn_events: usize,
+    /// See [`turn_events`](Self::turn_events).
+    pub turn_bytes: usize,
     /// Backlog given to `listen(2)` (the kernel caps it at `net.core.somaxconn`).
     /// Default: 4096, so that a storm of connects is queued rather than dropped (a dropped
     /// SYN costs the client a 1 s retransmit).
@@ -215,6 +228,8 @@ impl Default for ReactorConfig {
             total_queued_policy: OverflowPolicy::Reject,
             heartbeat_slack: Duration::from_millis(10),
             handle_queue_limit: 1 << 20,
+            turn_events: 1024,
+            turn_bytes: 512 * 1024,
             listen_backlog: 4096,
         }
     }
@@ -251,6 +266,14 @@ impl ReactorConfig {
     #[must_use]
     pub fn handle_queue_limit(mut self, n: usize) -> Self {
         self.handle_queue_limit = n.max(1);
+        self
+    }
+    /// Set the work one turn does across connections: `events` units (read calls and
+    /// frames) and `bytes` read, each at least 1 (see [`turn_events`](Self::turn_events)).
+    #[must_use]
+    pub fn turn_budget(mut self, events: usize, bytes: usize) -> Self {
+        self.turn_events = events.max(1);
+        self.turn_bytes = bytes.max(1);
         self
     }
     /// Set the `listen(2)` backlog.

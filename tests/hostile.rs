@@ -426,3 +426,100 @@ fn tiny_frames_are_charged_their_bookkeeping_by_the_limit_and_the_cap() {
         assert_eq!(r.queued(conn), Some(6 * n));
     }
 }
+
+/// Regression: `WriteBlocked` reached the owner one read pass late. The owner's sends
+/// (an echo of what it read) cross the high watermark between turns; the event waited for
+/// the next turn's hand-over, and that turn first read the connection again, so the owner
+/// was handed more of the peer's bytes to echo along with the event, and paused one pass
+/// too late. The connection's reads now wait until the event is handed over: the turn
+/// that hands it over reads nothing more from that connection.
+#[test]
+fn write_blocked_arrives_before_another_read_pass() {
+    let _s = serial();
+    let cfg = ConnConfig::default()
+        .read_budget(64 * KIB)
+        .outbound(OutboundConfig::watermarks(8 * KIB, 32 * KIB));
+    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let mut log = Vec::new();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    let conn = accept(&mut r, &mut log);
+    // Far more than one read pass (64 KiB), written before the first read; the peer
+    // reads nothing back.
+    let writer = std::thread::spawn(move || {
+        peer.write_all(&vec![5u8; 512 * KIB]).unwrap();
+        peer
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Instant::now() + WAIT;
+    let mut echoed = 0usize;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no WriteBlocked; echoed {echoed} B"
+        );
+        r.poll(&mut log, Some(Duration::from_millis(50))).unwrap();
+        let blocked = log
+            .iter()
+            .any(|e| matches!(e, Event::WriteBlocked { conn: c, .. } if *c == conn));
+        let data: usize = log
+            .iter()
+            .map(|e| match e {
+                Event::Data { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        if blocked {
+            assert_eq!(
+                data, 0,
+                "the turn that handed over WriteBlocked (after {echoed} B echoed) read \
+                 {data} more bytes first"
+            );
+            break;
+        }
+        // The owner echoes what it read; these sends cross the high watermark.
+        for ev in log.drain(..) {
+            if let Event::Data { bytes, .. } = ev {
+                echoed += bytes.len();
+                r.send(conn, bytes).unwrap();
+            }
+        }
+    }
+    // Paused now, as an echo does: nothing more is read.
+    r.pause_reading(conn);
+    let _peer = writer.join();
+}
+
+/// The kernel's send buffer is memory a peer that does not read holds outside the
+/// process (Linux autotunes `SO_SNDBUF` up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB):
+/// `ConnConfig::send_buffer` bounds it. With 16 KiB (the kernel doubles it) and a peer
+/// whose receive buffer is as small, the kernel takes at most a few tens of KiB of a
+/// 4 MiB queue; the rest stays queued, where the limits see it.
+#[test]
+fn send_buffer_bounds_what_the_kernel_holds_for_a_peer_that_does_not_read() {
+    let _s = serial();
+    let cfg = ConnConfig::default()
+        .send_buffer(16 * KIB)
+        .outbound(OutboundConfig::limit(8 * MIB, OverflowPolicy::Reject));
+    let (mut r, addr) = listening(ReactorConfig::default(), cfg);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * KIB).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let _peer: TcpStream = sock.into();
+    let mut log = Vec::new();
+    let conn = accept(&mut r, &mut log);
+    let chunk = Bytes::from(vec![3u8; 64 * KIB]);
+    for _ in 0..64 {
+        r.send(conn, chunk.clone()).unwrap();
+    }
+    let end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < end {
+        r.poll(&mut log, Some(Duration::from_millis(20))).unwrap();
+    }
+    let written = r.stats().bytes_written as usize;
+    assert!(written > 0, "nothing was written");
+    assert!(
+        written <= 256 * KIB,
+        "the kernel took {written} bytes for a peer that reads nothing"
+    );
+    assert_eq!(r.queued(conn), Some(4 * MIB - written));
+}

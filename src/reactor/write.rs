@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::Reactor;
 use super::expiry::Timeout;
+use super::read::Pass;
 use crate::cause::Cause;
 use crate::codec::{self, Framing, Kind};
 use crate::event::{ConnId, Event};
@@ -201,7 +202,7 @@ impl Reactor {
                 }
                 self.add_queued(len);
                 if let Some(Watermark::High { queued }) = mark {
-                    self.pending.push(Event::WriteBlocked { conn: id, queued });
+                    self.write_blocked(id, queued);
                 }
                 Ok(())
             }
@@ -273,9 +274,23 @@ impl Reactor {
         self.charged += charged;
         self.add_queued(bytes);
         if let Some(Watermark::High { queued }) = mark {
-            self.pending.push(Event::WriteBlocked { conn: id, queued });
+            self.write_blocked(id, queued);
         }
         self.mark_dirty(id);
+    }
+
+    /// The queue crossed the high watermark: tell the owner, and read no more from the
+    /// connection until the event is handed over. An owner that answers `WriteBlocked`
+    /// with `pause_reading` thus pauses before another read pass, however the crossing
+    /// came (its own sends between turns, or pongs within one).
+    fn write_blocked(&mut self, id: ConnId, queued: usize) {
+        self.pending.push(Event::WriteBlocked { conn: id, queued });
+        if let Some(c) = self.table.conn_mut(id)
+            && !c.hold_reads
+        {
+            c.hold_reads = true;
+            self.held.push(id);
+        }
     }
 
     pub(super) fn mark_dirty(&mut self, id: ConnId) {
@@ -371,7 +386,7 @@ impl Reactor {
                     // A reset seen by a write: the bytes the peer sent before it are still
                     // in the receive queue. Read them first (that read meets the error).
                     if c.lc.on_error_readiness() == Step::Read {
-                        self.read_conn(id, false);
+                        self.read_conn(id, Pass::Final);
                     }
                     if let Some(c) = self.table.conn_mut(id) {
                         let step = c.lc.on_error(Cause::from_io(&e));
