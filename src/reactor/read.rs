@@ -129,12 +129,17 @@ impl Reactor {
             let Some(c) = self.table.conn_mut(id) else {
                 return got; // ended
             };
-            if !c.lc.wants_read() || (pass == Pass::Edge && short) {
-                return got; // EOF in half-close mode or while closing; or drained
+            if !c.lc.wants_read() {
+                return got; // EOF in half-close mode or while closing
             }
+            // Before the short read's "drained": frames read but not decoded (the event
+            // budget ran out) raise no edge of their own; they must be scheduled.
             if got >= c.cfg.read_budget || c.backlog || (budgeted && self.turn_spent()) {
                 self.schedule_read(id);
                 return got;
+            }
+            if pass == Pass::Edge && short {
+                return got; // drained: what arrives later raises a new edge
             }
         }
     }
