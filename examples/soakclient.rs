@@ -40,6 +40,8 @@ usage: soakclient ADDR N [OPTIONS]
 options:
   --interval DUR   heartbeat interval (default 1s)
   --timeout DUR    heartbeat timeout (default 3s)
+  --answer-only    server-led heartbeats: never ping, answer the server's pings, declare it
+                   lost after --timeout without a byte (Heartbeat::answer_only)
   --inflight N     connects in progress at once (default 64)
   --welcome        count a connect complete only once the server's first frame arrived
   -h, --help       print this help
@@ -53,6 +55,7 @@ struct Opts {
     total: usize,
     interval: Duration,
     timeout: Duration,
+    answer_only: bool,
     inflight: usize,
     welcome: bool,
 }
@@ -63,6 +66,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
     let mut timeout = Duration::from_secs(3);
     let mut inflight = 64usize;
     let mut welcome = false;
+    let mut answer_only = false;
     let mut positional = Vec::new();
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
             Long("timeout") => timeout = p.value()?.parse_with(opts::parse_duration)?,
             Long("inflight") => inflight = p.value()?.parse()?,
             Long("welcome") => welcome = true,
+            Long("answer-only") => answer_only = true,
             Short('h') | Long("help") => opts::exit_help(HELP),
             Value(v) if positional.len() < 2 => positional.push(v.string()?),
             _ => return Err(arg.unexpected()),
@@ -83,6 +88,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
         total: total.parse().map_err(|e| format!("N '{total}': {e}"))?,
         interval,
         timeout,
+        answer_only,
         inflight: inflight.max(1),
         welcome,
     })
@@ -94,6 +100,7 @@ fn main() -> std::io::Result<()> {
         total,
         interval,
         timeout,
+        answer_only,
         inflight,
         welcome,
     } = parse_args().unwrap_or_else(|e| opts::exit_usage("soakclient", e));
@@ -102,7 +109,11 @@ fn main() -> std::io::Result<()> {
     let mut reactor = Reactor::new(ReactorConfig::default())?;
     let cfg = ConnConfig::default()
         .framing(Framing::length_delimited(64 * 1024))
-        .heartbeat(Heartbeat::new(interval, timeout));
+        .heartbeat(if answer_only {
+            Heartbeat::answer_only(timeout)
+        } else {
+            Heartbeat::new(interval, timeout)
+        });
 
     // Stdin is our lifeline: watch a duplicate of it (a `File` we own, so no unsafe) for
     // commands and for end-of-file. When stdin cannot be polled (a regular file or

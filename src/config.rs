@@ -48,7 +48,9 @@ pub struct ConnConfig {
     pub framing: Framing,
     /// Heartbeat interval and timeout. Default: `None` (no heartbeat).
     pub heartbeat: Option<Heartbeat>,
-    /// Outbound queue limits (watermarks, hard limit, policy, stall timeout).
+    /// Outbound queue limits (watermarks, hard limit, policy, stall timeout). They count
+    /// memory: a queued message's bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) for its bookkeeping.
     pub outbound: OutboundConfig,
     /// Time allowed for an outgoing connect. Default: 10 s. `None`: the kernel's (minutes).
     pub connect_timeout: Option<Duration>,
@@ -181,7 +183,10 @@ pub struct ReactorConfig {
     /// When accept fails for lack of file descriptors (`EMFILE`/`ENFILE`), wait this long
     /// before trying again (doubling up to 1 s while it keeps failing). Default: 20 ms.
     pub accept_backoff: Duration,
-    /// Cap on bytes queued across all connections, and what a send over it does.
+    /// Cap on the memory queued across all connections, and what a send over it does.
+    /// Counted as the per-connection limits count it: each queued message's bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) (128 B) for its bookkeeping, so a
+    /// flood of tiny messages meets the cap at about the memory it names.
     /// Default: 1 GiB, `Reject`.
     pub total_queued_limit: usize,
     /// Policy for the total cap: `Reject` fails the send; `Disconnect` ends the connections
@@ -194,6 +199,19 @@ pub struct ReactorConfig {
     /// Most [`Handle`](crate::Handle) commands waiting at once; more are refused with
     /// [`HandleError::Full`](crate::HandleError::Full). Default: 1,048,576.
     pub handle_queue_limit: usize,
+    /// Most work one turn does across all connections: at most `turn_events` units
+    /// (each read call and each frame decoded, data or control or empty, counts one) and
+    /// `turn_bytes` bytes read. The connections left unread when either runs out keep
+    /// their place: they are read first in the next turn, which follows at once (the
+    /// poll does not sleep while some wait), and connections that become ready meanwhile
+    /// queue behind them, so every ready connection is read within a bounded number of
+    /// turns and no readiness is lost. Each connection's own budget per turn
+    /// ([`ConnConfig::read_budget`], and 1,024 frames) still applies. Thousands of busy
+    /// peers thus cannot make one turn long for everyone else (accepts have their own
+    /// [`accept_budget`](Self::accept_budget)). Default: 1,024 units and 512 KiB.
+    pub turn_events: usize,
+    /// See [`turn_events`](Self::turn_events).
+    pub turn_bytes: usize,
     /// Backlog given to `listen(2)` (the kernel caps it at `net.core.somaxconn`).
     /// Default: 4096, so that a storm of connects is queued rather than dropped (a dropped
     /// SYN costs the client a 1 s retransmit).
@@ -210,6 +228,8 @@ impl Default for ReactorConfig {
             total_queued_policy: OverflowPolicy::Reject,
             heartbeat_slack: Duration::from_millis(10),
             handle_queue_limit: 1 << 20,
+            turn_events: 1024,
+            turn_bytes: 512 * 1024,
             listen_backlog: 4096,
         }
     }
@@ -246,6 +266,14 @@ impl ReactorConfig {
     #[must_use]
     pub fn handle_queue_limit(mut self, n: usize) -> Self {
         self.handle_queue_limit = n.max(1);
+        self
+    }
+    /// Set the work one turn does across connections: `events` units (read calls and
+    /// frames) and `bytes` read, each at least 1 (see [`turn_events`](Self::turn_events)).
+    #[must_use]
+    pub fn turn_budget(mut self, events: usize, bytes: usize) -> Self {
+        self.turn_events = events.max(1);
+        self.turn_bytes = bytes.max(1);
         self
     }
     /// Set the `listen(2)` backlog.

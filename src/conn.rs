@@ -43,6 +43,10 @@ pub(crate) struct Conn {
     pub(crate) dirty: bool,
     /// In the reactor's ready queue (read budget ran out with bytes left).
     pub(crate) in_ready: bool,
+    /// The queue crossed the high watermark and the owner has not been handed the
+    /// `WriteBlocked` yet: reads wait (on the ready queue) until it has, so that the owner
+    /// can pause reading before another read pass.
+    pub(crate) hold_reads: bool,
     pub(crate) connect_timer: Option<TimerKey>,
     pub(crate) stall_timer: Option<TimerKey>,
     pub(crate) linger_timer: Option<TimerKey>,
@@ -66,6 +70,7 @@ impl Conn {
             write_blocked: false,
             dirty: false,
             in_ready: false,
+            hold_reads: false,
             connect_timer: None,
             stall_timer: None,
             linger_timer: None,

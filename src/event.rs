@@ -178,9 +178,24 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// Bytes from the peer: as they arrived (`Framing::Raw`), or one whole frame's payload
-    /// (`Framing::LengthDelimited`). Never empty. A slice of the reactor's read buffer,
-    /// handed over without a copy.
+    /// Bytes from the peer: as they arrived (`Framing::Raw`), or one whole message
+    /// (`LengthDelimited`: a frame's payload, never empty; `Lines`, `Custom`: what the
+    /// decoder cut).
+    ///
+    /// # Memory
+    ///
+    /// What keeping a `Data` (or queueing it for a peer that does not read) holds:
+    ///
+    /// * shorter than 16 KiB: a copy of its own, its length and nothing more (one small
+    ///   allocation next to the `read` that brought it);
+    /// * 16 KiB or more: a slice of the buffer it was read into, handed over without a
+    ///   copy, which stays allocated while the slice lives: one 64 KiB read chunk (at most
+    ///   4× the slice), or, for a frame assembled across reads, the frame's own buffer
+    ///   (which may hold up to one more read beyond the frame). Copy such a slice
+    ///   (`Bytes::copy_from_slice`) if it is kept for long beside much smaller ones.
+    ///
+    /// So the bytes an outbound limit counts for a queued `Data` are, within these
+    /// factors, the memory it holds.
     Data {
         /// The connection.
         conn: ConnId,

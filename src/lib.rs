@@ -224,7 +224,7 @@ pub use config::{ConnConfig, Keepalive, ReactorConfig};
 pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, StaleId, TimerId};
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
-pub use outbound::{OutboundConfig, OverflowPolicy};
+pub use outbound::{OutboundConfig, OverflowPolicy, QUEUE_ENTRY_COST};
 pub use reactor::{
     AttachError, DetachError, Detached, ListenOptions, Reactor, SendError, TOKEN_SPAN,
 };

@@ -8,13 +8,19 @@
 //!
 //! A queue tracks three independent pieces of state:
 //!
+//! * **What is counted.** Every level below (watermarks, hard limit) is
+//!   compared with the queue's [`charged`](OutboundQueue::charged) memory: its
+//!   bytes plus [`QUEUE_ENTRY_COST`] per queued message, the bookkeeping a message
+//!   costs beyond its bytes. Counting bytes alone let a million 1-byte
+//!   messages (~110 MB of queue entries and allocations) fit "under" a 1 MiB
+//!   limit.
 //! * **Watermarks with hysteresis.** The queue is either *below* or *above*
 //!   the high watermark. While below, the first push that brings
-//!   [`queued`](OutboundQueue::queued) to `>= high_watermark` reports
+//!   [`charged`](OutboundQueue::charged) to `>= high_watermark` reports
 //!   [`Watermark::High`] and the queue becomes *above*. While above, further
 //!   pushes report nothing, however much the level oscillates; the first
 //!   [`consumed`](OutboundQueue::consumed) that brings the level to
-//!   `<= low_watermark` reports [`Watermark::Low`] and the queue becomes
+//!   `<= low_watermark` (charged) reports [`Watermark::Low`] and the queue becomes
 //!   *below* again. Every crossing is therefore reported exactly once.
 //! * **Hard limit.** A [`push`](OutboundQueue::push) that would take the
 //!   queue past `hard_limit` fails with [`PushError::Full`] and queues
@@ -35,6 +41,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
+/// What a queued message is charged beyond its bytes, in bytes: its queue entries (one
+/// or two of 40 B, with room to grow) and its payload's own allocation (a short `Data` is
+/// a copy of its own; the allocator adds 16-32 B). Measured: 10,940 queued 6-byte
+/// length-delimited frames took ~110 B each beyond their bytes. Counted by the watermarks,
+/// the hard limit and the reactor-wide cap, so that many tiny messages cannot hold much
+/// more memory than the limits say.
+pub const QUEUE_ENTRY_COST: usize = 128;
+
 /// What to do when a send would take the queue past its hard limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,16 +63,23 @@ pub enum OverflowPolicy {
 ///
 /// Default: low watermark 64 KiB, high watermark 256 KiB, hard limit 4 MiB
 /// with [`OverflowPolicy::Disconnect`], no stall timeout.
+///
+/// Every level counts memory, not only bytes: a queued message is charged its bytes
+/// plus [`QUEUE_ENTRY_COST`] (128 B) for its bookkeeping. A 1 MiB hard limit holds 1 MiB of
+/// 64 KiB messages but only ~7,900 one-byte messages (with a length-delimited header,
+/// 6 B each), which take ~1 MiB of memory, not ~8,000 times more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboundConfig {
-    /// Level at or below which [`Event::Writable`](crate::Event::Writable) is reported
-    /// after an [`Event::WriteBlocked`](crate::Event::WriteBlocked).
+    /// Level (bytes charged, see above) at or below which
+    /// [`Event::Writable`](crate::Event::Writable) is reported after an
+    /// [`Event::WriteBlocked`](crate::Event::WriteBlocked).
     pub low_watermark: usize,
-    /// Level at or above which [`Event::WriteBlocked`](crate::Event::WriteBlocked) is
-    /// reported.
+    /// Level (bytes charged) at or above which
+    /// [`Event::WriteBlocked`](crate::Event::WriteBlocked) is reported.
     pub high_watermark: usize,
-    /// Most bytes the queue may hold; a send past it gets the `policy`.
+    /// Most bytes the queue may be charged (its bytes plus [`QUEUE_ENTRY_COST`] per message);
+    /// a send past it gets the `policy`.
     pub hard_limit: usize,
     /// What the caller does when a push exceeds `hard_limit`.
     pub policy: OverflowPolicy,
@@ -176,9 +197,9 @@ impl Chunk {
 /// ```
 /// use std::time::{Duration, Instant};
 /// use bytes::Bytes;
-/// use heartloop::outbound::{OutboundConfig, OutboundQueue, Watermark};
+/// use heartloop::outbound::{QUEUE_ENTRY_COST, OutboundConfig, OutboundQueue, Watermark};
 ///
-/// let cfg = OutboundConfig::watermarks(4, 8).on_stall(Duration::from_secs(5));
+/// let cfg = OutboundConfig::watermarks(200, 400).on_stall(Duration::from_secs(5));
 /// let t0 = Instant::now();
 /// let mut q = OutboundQueue::new();
 ///
@@ -186,16 +207,18 @@ impl Chunk {
 /// let ev = q.push(Bytes::from_static(b"\x00\x05"), Bytes::from_static(b"hello"), &cfg, t0);
 /// assert_eq!(ev, Ok(None));
 /// assert_eq!(q.queued(), 7);
-/// // Reaching the high watermark is reported once.
-/// let ev = q.push(Bytes::new(), Bytes::from_static(b"!"), &cfg, t0);
-/// assert_eq!(ev, Ok(Some(Watermark::High { queued: 8 })));
+/// assert_eq!(q.charged(), 7 + QUEUE_ENTRY_COST);
+/// // Reaching the high watermark (by the charge) is reported once.
+/// let ev = q.push(Bytes::new(), Bytes::from(vec![b'!'; 200]), &cfg, t0);
+/// assert_eq!(ev, Ok(Some(Watermark::High { queued: 207 })));
 ///
 /// // The reactor writes the slices and reports what the kernel took.
 /// let mut slices = [std::io::IoSlice::new(&[]); 64];
 /// let n = q.io_slices(&mut slices);
 /// assert_eq!(n, 3);
-/// assert_eq!(q.consumed(5, &cfg, t0 + Duration::from_millis(10)), Some(Watermark::Low));
-/// assert_eq!(q.queued(), 3);
+/// let ev = q.consumed(135, &cfg, t0 + Duration::from_millis(10));
+/// assert_eq!(ev, Some(Watermark::Low));
+/// assert_eq!((q.queued(), q.charged()), (72, 72 + QUEUE_ENTRY_COST));
 ///
 /// // No progress for 5 s: slow peer.
 /// let later = t0 + Duration::from_millis(5010);
@@ -205,11 +228,18 @@ impl Chunk {
 pub struct OutboundQueue {
     chunks: VecDeque<Chunk>,
     queued: usize,
+    /// Messages wholly or partly queued (each charged [`QUEUE_ENTRY_COST`]).
+    messages: usize,
     above_high: bool,
     /// Some bytes of the front message have been consumed already.
     front_started: bool,
     /// Stall clock: `None` while stopped (queue empty).
     last_progress: Option<Instant>,
+}
+
+/// What a message of `len` bytes is charged.
+pub fn charge(len: usize) -> usize {
+    len.saturating_add(QUEUE_ENTRY_COST)
 }
 
 /// Capacity (in chunks) an idle queue may keep after `shrink_if_idle`.
@@ -225,9 +255,9 @@ impl OutboundQueue {
     ///
     /// An empty `header` is skipped (length-delimited framing passes the
     /// header separately to avoid copying the payload). A message of zero
-    /// total length is accepted and ignored. If `queued() + len` exceeds
-    /// `cfg.hard_limit`, returns [`PushError::Full`] and queues nothing; the
-    /// caller applies `cfg.policy`.
+    /// total length is accepted and ignored. If the charge after the push
+    /// (`charged() + len + QUEUE_ENTRY_COST`) would exceed `cfg.hard_limit`, returns
+    /// [`PushError::Full`] and queues nothing; the caller applies `cfg.policy`.
     ///
     /// Starts the stall clock if the queue was empty. Returns
     /// `Some(Watermark::High { .. })` exactly when this push crossed the high
@@ -243,7 +273,7 @@ impl OutboundQueue {
         if len == 0 {
             return Ok(None);
         }
-        if self.queued.saturating_add(len) > cfg.hard_limit {
+        if self.charged().saturating_add(charge(len)) > cfg.hard_limit {
             return Err(PushError::Full {
                 queued: self.queued,
                 len,
@@ -259,11 +289,13 @@ impl OutboundQueue {
             self.chunks.push_back(Chunk::new(payload, true, false));
         }
         self.queued += len;
+        self.messages += 1;
         Ok(self.check_high(cfg))
     }
 
     /// Queues a control frame (ping/pong). Never refused and not subject to
-    /// the hard limit, but counted in [`queued`](Self::queued).
+    /// the hard limit, but counted in [`queued`](Self::queued) and
+    /// [`charged`](Self::charged).
     ///
     /// A frame equal to one that still waits (not started) is not queued
     /// again: one pending pong answers every ping so far. So a peer that
@@ -303,6 +335,7 @@ impl OutboundQueue {
             at += 1;
         }
         self.queued += frame.len();
+        self.messages += 1;
         self.chunks.insert(at, Chunk::new(frame, true, true));
         self.check_high(cfg)
     }
@@ -345,6 +378,9 @@ impl OutboundQueue {
             }
             left -= front.data.len();
             self.front_started = !front.end;
+            if front.end {
+                self.messages -= 1;
+            }
             self.chunks.pop_front();
         }
         self.last_progress = if self.chunks.is_empty() {
@@ -353,7 +389,7 @@ impl OutboundQueue {
         } else {
             Some(now)
         };
-        if self.above_high && self.queued <= cfg.low_watermark {
+        if self.above_high && self.charged() <= cfg.low_watermark {
             self.above_high = false;
             return Some(Watermark::Low);
         }
@@ -363,6 +399,14 @@ impl OutboundQueue {
     /// Bytes queued (data and control frames, minus what was consumed).
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// The memory the queue is charged: [`queued`](Self::queued) plus
+    /// [`QUEUE_ENTRY_COST`] per message wholly or partly queued. What the watermarks
+    /// and the hard limit are compared with.
+    pub fn charged(&self) -> usize {
+        self.queued
+            .saturating_add(self.messages.saturating_mul(QUEUE_ENTRY_COST))
     }
 
     /// Whether no bytes are queued.
@@ -396,6 +440,7 @@ impl OutboundQueue {
         let dropped = self.queued;
         self.chunks.clear();
         self.queued = 0;
+        self.messages = 0;
         self.above_high = false;
         self.front_started = false;
         self.last_progress = None;
@@ -417,7 +462,7 @@ impl OutboundQueue {
     }
 
     fn check_high(&mut self, cfg: &OutboundConfig) -> Option<Watermark> {
-        if !self.above_high && self.queued >= cfg.high_watermark {
+        if !self.above_high && self.charged() >= cfg.high_watermark {
             self.above_high = true;
             return Some(Watermark::High {
                 queued: self.queued,
@@ -430,6 +475,8 @@ impl OutboundQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const E: usize = QUEUE_ENTRY_COST;
 
     fn b(s: &'static [u8]) -> Bytes {
         Bytes::from_static(s)
@@ -448,7 +495,7 @@ mod tests {
     #[test]
     fn limit_only_config_never_reports_watermarks() {
         let t0 = Instant::now();
-        let cfg = OutboundConfig::limit(100, OverflowPolicy::Reject);
+        let cfg = OutboundConfig::limit(10 * (10 + E), OverflowPolicy::Reject);
         let mut q = OutboundQueue::new();
         for _ in 0..10 {
             assert_eq!(
@@ -461,6 +508,33 @@ mod tests {
                 .is_err()
         );
         assert_eq!(q.consumed(100, &cfg, t0), None);
+    }
+
+    /// The limits count memory: each message is charged QUEUE_ENTRY_COST beyond its bytes, so
+    /// a flood of tiny messages meets the hard limit long before its bytes would.
+    #[test]
+    fn tiny_messages_are_charged_their_bookkeeping() {
+        let t0 = Instant::now();
+        let cfg = OutboundConfig::limit(1 << 20, OverflowPolicy::Reject);
+        let mut q = OutboundQueue::new();
+        let mut n = 0usize;
+        while q.push(b(b"h"), b(b"x"), &cfg, t0).is_ok() {
+            n += 1;
+        }
+        assert_eq!(
+            n,
+            (1 << 20) / (2 + E),
+            "one-byte messages under a 1 MiB limit"
+        );
+        assert_eq!(q.charged(), n * (2 + E));
+        assert_eq!(q.queued(), 2 * n);
+        // The charge leaves with the message: a header written alone still counts.
+        q.consumed(1, &cfg, t0);
+        assert_eq!(q.charged(), (n - 1) * (2 + E) + 1 + E);
+        q.consumed(1, &cfg, t0);
+        assert_eq!(q.charged(), (n - 1) * (2 + E));
+        assert_eq!(q.clear(), 2 * (n - 1));
+        assert_eq!(q.charged(), 0);
     }
 
     #[test]
@@ -482,25 +556,29 @@ mod tests {
 
     #[test]
     fn watermark_hysteresis() {
-        let cfg = OutboundConfig::watermarks(4, 10);
+        // Levels by the charge: bytes + E per message.
+        let cfg = OutboundConfig::watermarks(E + 4, 2 * E + 10);
         let t0 = Instant::now();
         let mut q = OutboundQueue::new();
         assert_eq!(q.push(b(b""), b(b"123456789"), &cfg, t0), Ok(None));
         assert_eq!(q.consumed(9, &cfg, t0), None, "no Low without High");
+        assert_eq!(q.push(b(b"1234"), b(b"567890"), &cfg, t0), Ok(None));
         assert_eq!(
-            q.push(b(b"1234"), b(b"567890"), &cfg, t0),
-            Ok(Some(Watermark::High { queued: 10 }))
+            q.push(b(b""), b(b"ab"), &cfg, t0),
+            Ok(Some(Watermark::High { queued: 12 }))
         );
         // Oscillating around high does not repeat High.
         assert_eq!(q.consumed(2, &cfg, t0), None);
-        assert_eq!(q.push(b(b""), b(b"ab"), &cfg, t0), Ok(None));
+        assert_eq!(q.charged(), 2 * E + 10);
+        assert_eq!(q.push(b(b""), b(b"cd"), &cfg, t0), Ok(None));
         assert_eq!(q.push_control(b(b"ping"), &cfg, t0), None);
-        assert_eq!(q.consumed(9, &cfg, t0), None);
-        assert_eq!(q.queued(), 5);
+        assert_eq!(wire(&q), b"34567890pingabcd");
+        assert_eq!(q.consumed(13, &cfg, t0), None);
+        assert_eq!((q.queued(), q.charged()), (3, 2 * E + 3));
         assert_eq!(q.consumed(1, &cfg, t0), Some(Watermark::Low));
         assert_eq!(q.consumed(1, &cfg, t0), None);
         assert_eq!(
-            q.push_control(b(b"0123456"), &cfg, t0),
+            q.push_control(b(b"012345678"), &cfg, t0),
             Some(Watermark::High { queued: 10 })
         );
     }
@@ -598,12 +676,15 @@ mod tests {
 
     #[test]
     fn hard_limit_reject_leaves_queue_unchanged() {
-        let cfg = OutboundConfig::watermarks(2, 4).hard_limit(6, OverflowPolicy::Reject);
+        let cfg = OutboundConfig::limit(2 * E + 6, OverflowPolicy::Reject);
         let t0 = Instant::now();
         let mut q = OutboundQueue::new();
         assert_eq!(
-            q.push(b(b""), b(b"1234567"), &cfg, t0),
-            Err(PushError::Full { queued: 0, len: 7 })
+            q.push(b(b""), Bytes::from(vec![0u8; 2 * E]), &cfg, t0),
+            Err(PushError::Full {
+                queued: 0,
+                len: 2 * E
+            })
         );
         assert!(q.is_empty());
         q.push(b(b"12"), b(b"34"), &cfg, t0).unwrap();
@@ -614,7 +695,7 @@ mod tests {
         assert_eq!(q.push(b(b"5"), b(b"6"), &cfg, t0), Ok(None));
         // Control frames are never refused.
         assert_eq!(q.push_control(b(b"pp"), &cfg, t0), None);
-        assert_eq!(q.queued(), 8);
+        assert_eq!((q.queued(), q.charged()), (8, 3 * E + 8));
         assert_eq!(wire(&q), b"pp123456");
     }
 
@@ -687,7 +768,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn matches_model(ops in proptest::collection::vec(op(), 0..80)) {
-            let cfg = OutboundConfig::watermarks(5, 15).hard_limit(30, OverflowPolicy::Reject);
+            // Levels by the charge: bytes + E per message.
+            let cfg = OutboundConfig::watermarks(E + 5, 2 * E + 15)
+                .hard_limit(3 * E + 30, OverflowPolicy::Reject);
             let t0 = Instant::now();
             let mut q = OutboundQueue::new();
             // Model: whole messages (bytes, is_control) and the front offset.
@@ -699,12 +782,13 @@ mod tests {
             };
             for op in ops {
                 let queued: usize = msgs.iter().map(|m| m.0.len()).sum::<usize>() - off;
+                let charged = queued + msgs.len() * E;
                 let event = match op {
                     Op::Push(h, p) => {
                         let (h, p) = (fresh(h), fresh(p));
                         let res = q.push(Bytes::from(h.clone()), Bytes::from(p.clone()), &cfg, t0);
                         let len = h.len() + p.len();
-                        if len > 0 && queued + len > 30 {
+                        if len > 0 && charged + len + E > 3 * E + 30 {
                             proptest::prop_assert_eq!(res, Err(PushError::Full { queued, len }));
                             None
                         } else {
@@ -732,10 +816,11 @@ mod tests {
                     }
                 };
                 let queued: usize = msgs.iter().map(|m| m.0.len()).sum::<usize>() - off;
-                let want = if !above && queued >= 15 {
+                let charged = queued + msgs.len() * E;
+                let want = if !above && charged >= 2 * E + 15 {
                     above = true;
                     Some(Watermark::High { queued })
-                } else if above && queued <= 5 {
+                } else if above && charged <= E + 5 {
                     above = false;
                     Some(Watermark::Low)
                 } else {
@@ -745,6 +830,7 @@ mod tests {
                 let expect: Vec<u8> = msgs.iter().flat_map(|m| m.0.iter().copied()).skip(off).collect();
                 proptest::prop_assert_eq!(wire(&q), expect);
                 proptest::prop_assert_eq!(q.queued(), queued);
+                proptest::prop_assert_eq!(q.charged(), charged);
                 proptest::prop_assert_eq!(q.is_empty(), queued == 0);
             }
         }

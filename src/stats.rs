@@ -130,8 +130,10 @@ pub struct Stats {
     pub sends_rejected: u64,
     /// Handle commands that found their connection gone (or refused) when applied.
     pub handle_dropped: u64,
-    /// The longest turn's work, in microseconds: from the OS poll's return to the events'
-    /// hand-over (the time every other connection waited on one turn). Owned mode only.
+    /// The longest turn's work, in microseconds: the flush of what the owner queued before
+    /// the OS poll, plus the work from the OS poll's return to the events' hand-over (the
+    /// time every other connection waited on one turn; the sleep in between is not
+    /// counted). Owned mode only.
     pub longest_turn_us: u64,
     /// Connections handed to another reactor ([`Reactor::detach`](crate::Reactor::detach)).
     pub detached: u64,

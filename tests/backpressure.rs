@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use heartloop::{
-    Cause, Clock, ConnConfig, ConnId, Event, OutboundConfig, OverflowPolicy, Reactor,
-    ReactorConfig, SendError,
+    Cause, Clock, ConnConfig, ConnId, Event, OutboundConfig, OverflowPolicy, QUEUE_ENTRY_COST,
+    Reactor, ReactorConfig, SendError,
 };
 use util::{Proc, SOCKET_WAIT, expect_event, manual_reactor, ms, rss_kib, rss_kib_of, serial};
 
@@ -412,10 +412,9 @@ fn stopped_peer_queue_stays_under_hard_limit_and_ends_as_slow_peer_after_stall()
             match r.send(conn, fresh()) {
                 Ok(()) => ok += CHUNK,
                 Err(SendError::Full { queued, len, .. }) => {
-                    assert!(
-                        queued + len > HARD,
-                        "refused below the limit: {queued}+{len}"
-                    );
+                    // The limit counts each message's bookkeeping too.
+                    let charged = queued + len + (queued / CHUNK + 2) * QUEUE_ENTRY_COST;
+                    assert!(charged > HARD, "refused below the limit: {queued}+{len}");
                     refused += 1;
                     first_refusal.get_or_insert_with(Instant::now);
                 }
@@ -1327,10 +1326,13 @@ fn total_queued_limit_spans_connections_with_either_policy() {
     const CHUNK: usize = 64 * KIB;
     let chunk = Bytes::from(vec![1u8; CHUNK]);
     for policy in [OverflowPolicy::Reject, OverflowPolicy::Disconnect] {
-        // Per connection 1 MiB (Reject); across both 1.5 MiB with `policy`.
-        let rcfg = ReactorConfig::default().total_queued_limit(MIB + MIB / 2, policy);
+        // Per connection 16 chunks (Reject); across both 24 with `policy`. The limits
+        // count each queued message's bookkeeping beside its bytes.
+        let per = CHUNK + QUEUE_ENTRY_COST;
+        let rcfg = ReactorConfig::default().total_queued_limit(24 * per, policy);
         let cfg = ConnConfig::default().outbound(
-            OutboundConfig::watermarks(64 * KIB, 256 * KIB).hard_limit(MIB, OverflowPolicy::Reject),
+            OutboundConfig::watermarks(64 * KIB, 256 * KIB)
+                .hard_limit(16 * per, OverflowPolicy::Reject),
         );
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut r = Reactor::new(rcfg).unwrap();

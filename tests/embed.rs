@@ -218,8 +218,9 @@ fn four_producers_through_handles_arrive_in_order() {
     const PRODUCERS: u32 = 4;
     const PER: u32 = 250_000;
     let mut r = Reactor::new(ReactorConfig::default()).unwrap();
+    // Room for every message at once: 1,000,000 × (8 B + QUEUE_ENTRY_COST) ≈ 136 MB.
     let cfg = ConnConfig::default()
-        .outbound(OutboundConfig::default().hard_limit(64 << 20, OverflowPolicy::Reject));
+        .outbound(OutboundConfig::default().hard_limit(256 << 20, OverflowPolicy::Reject));
     let l = r.listen("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
     let addr = r.local_addr(l).unwrap();
     let reader = std::thread::spawn(move || {

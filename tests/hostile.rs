@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy, Reactor,
-    ReactorConfig, SendError,
+    Cause, ConnConfig, ConnId, Event, Framing, Heartbeat, OutboundConfig, OverflowPolicy,
+    QUEUE_ENTRY_COST, Reactor, ReactorConfig, SendError,
 };
 use util::{accept, expect_event, listening, listening_with};
 
 const WAIT: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
 
 fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
@@ -296,4 +297,214 @@ fn the_reactor_wide_cap_cuts_the_connections_that_hold_the_memory() {
         Err(SendError::Full { .. })
     ));
     assert!(r.is_open(small));
+}
+
+/// Regression: `Stats::longest_turn_us` counted the work from the OS poll's return to the
+/// hand-over, not the flush of the owner's sends that `poll` does before it waits: a turn
+/// whose flush wrote 300,000 queued messages reported a few microseconds. The flush is
+/// work every other connection waits behind; it counts now.
+#[test]
+fn the_longest_turn_counts_the_flush_before_the_wait() {
+    let _s = serial();
+    let cfg =
+        ConnConfig::default().outbound(OutboundConfig::limit(1 << 30, OverflowPolicy::Reject));
+    let (mut r, addr) = listening(cfg);
+    let mut log = Vec::new();
+    let _peer = TcpStream::connect(addr).unwrap();
+    let conn = accept(&mut r, &mut log);
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let one = Bytes::from_static(b"x");
+    for _ in 0..300_000 {
+        r.send(conn, one.clone()).unwrap();
+    }
+    // The turn is nearly all flush: no I/O waits (zero timeout) and nothing else is due.
+    let t = Instant::now();
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let took = t.elapsed();
+    let longest = Duration::from_micros(r.stats().longest_turn_us);
+    assert!(
+        longest >= took / 2,
+        "the poll call took {took:?}, nearly all of it flushing, but the longest turn is {longest:?}"
+    );
+}
+
+/// Regression: a `Data` was always a slice of the reactor's 64 KiB read chunk, so an owner
+/// that kept small payloads (or queued them for a peer that does not read, as an echo
+/// does) kept a whole chunk alive per payload: 1,000 kept 10-byte frames, each read beside
+/// a 40 KiB frame that was dropped, held ~60 MiB. A short `Data` is a copy of its own now:
+/// the kept frames hold about what they are.
+#[test]
+fn kept_small_payloads_do_not_pin_read_chunks() {
+    let _s = serial();
+    const ROUNDS: usize = 1000;
+    let cfg = ConnConfig::default().framing(Framing::length_delimited(1 << 20));
+    let (mut r, addr) = listening(cfg);
+    let mut log = Vec::new();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    let _conn = accept(&mut r, &mut log);
+    let writer = std::thread::spawn(move || {
+        let big = vec![7u8; 40 * KIB];
+        for i in 0..ROUNDS {
+            let mut w = Vec::with_capacity(10 + 5 + 5 + big.len());
+            w.extend_from_slice(&header(10, 0));
+            w.extend_from_slice(&[i as u8; 10]);
+            w.extend_from_slice(&header(big.len() as u32, 0));
+            w.extend_from_slice(&big);
+            peer.write_all(&w).unwrap();
+        }
+        peer
+    });
+    let rss0 = util::rss_kib();
+    let mut kept: Vec<Bytes> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while kept.len() < ROUNDS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} small frames",
+            kept.len()
+        );
+        r.poll(&mut log, Some(Duration::from_millis(50))).unwrap();
+        for ev in log.drain(..) {
+            if let Event::Data { bytes, .. } = ev
+                && bytes.len() == 10
+            {
+                kept.push(bytes);
+            }
+        }
+    }
+    let grew = util::rss_kib().saturating_sub(rss0);
+    let _peer = writer.join().unwrap();
+    assert!(kept.iter().enumerate().all(|(i, b)| b[..] == [i as u8; 10]));
+    assert!(
+        grew < 8 * 1024,
+        "{ROUNDS} kept 10-byte payloads grew the process by {grew} KiB"
+    );
+}
+
+/// Regression: the outbound limits counted payload bytes only, while each queued frame
+/// costs ~110 B of bookkeeping beyond them (queue entries, its own allocation): 174,762
+/// one-byte length-delimited frames fit "under" a 1 MiB hard limit, and as many under a
+/// 1 MiB reactor-wide cap, holding ~20 MiB. Each message is charged
+/// `QUEUE_ENTRY_COST` now, by both.
+#[test]
+fn tiny_frames_are_charged_their_bookkeeping_by_the_limit_and_the_cap() {
+    let _s = serial();
+    let one = Bytes::from_static(b"x");
+    let ld = Framing::length_delimited(1 << 20);
+    // The per-connection hard limit, then the reactor-wide cap.
+    for (limit, cap) in [(MIB, 1 << 30), (1 << 30, MIB)] {
+        let cfg = ConnConfig::default()
+            .framing(ld)
+            .outbound(OutboundConfig::limit(limit, OverflowPolicy::Reject));
+        let rcfg = ReactorConfig::default().total_queued_limit(cap, OverflowPolicy::Reject);
+        let (mut r, addr) = listening_with(rcfg, cfg);
+        let mut log = Vec::new();
+        let _peer = TcpStream::connect(addr).unwrap();
+        let conn = accept(&mut r, &mut log);
+        // No turn runs: nothing is flushed, the queue only grows.
+        let mut n = 0usize;
+        while r.send(conn, one.clone()).is_ok() {
+            n += 1;
+            assert!(n <= MIB, "a million 1-byte sends and no refusal");
+        }
+        assert_eq!(n, MIB / (6 + QUEUE_ENTRY_COST), "limit {limit}, cap {cap}");
+        assert_eq!(r.queued(conn), Some(6 * n));
+    }
+}
+
+/// Regression: `WriteBlocked` reached the owner one read pass late. The owner's sends
+/// (an echo of what it read) cross the high watermark between turns; the event waited for
+/// the next turn's hand-over, and that turn first read the connection again, so the owner
+/// was handed more of the peer's bytes to echo along with the event, and paused one pass
+/// too late. The connection's reads now wait until the event is handed over: the turn
+/// that hands it over reads nothing more from that connection.
+#[test]
+fn write_blocked_arrives_before_another_read_pass() {
+    let _s = serial();
+    let cfg = ConnConfig::default()
+        .read_budget(64 * KIB)
+        .outbound(OutboundConfig::watermarks(8 * KIB, 32 * KIB));
+    let (mut r, addr) = listening(cfg);
+    let mut log = Vec::new();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    let conn = accept(&mut r, &mut log);
+    // Far more than one read pass (64 KiB), written before the first read; the peer
+    // reads nothing back.
+    let writer = std::thread::spawn(move || {
+        peer.write_all(&vec![5u8; 512 * KIB]).unwrap();
+        peer
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Instant::now() + WAIT;
+    let mut echoed = 0usize;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no WriteBlocked; echoed {echoed} B"
+        );
+        r.poll(&mut log, Some(Duration::from_millis(50))).unwrap();
+        let blocked = log
+            .iter()
+            .any(|e| matches!(e, Event::WriteBlocked { conn: c, .. } if *c == conn));
+        let data: usize = log
+            .iter()
+            .map(|e| match e {
+                Event::Data { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        if blocked {
+            assert_eq!(
+                data, 0,
+                "the turn that handed over WriteBlocked (after {echoed} B echoed) read \
+                 {data} more bytes first"
+            );
+            break;
+        }
+        // The owner echoes what it read; these sends cross the high watermark.
+        for ev in log.drain(..) {
+            if let Event::Data { bytes, .. } = ev {
+                echoed += bytes.len();
+                r.send(conn, bytes).unwrap();
+            }
+        }
+    }
+    // Paused now, as an echo does: nothing more is read.
+    let _ = r.pause_reading(conn);
+    let _peer = writer.join();
+}
+
+/// The kernel's send buffer is memory a peer that does not read holds outside the
+/// process (Linux autotunes `SO_SNDBUF` up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB):
+/// `ConnConfig::send_buffer` bounds it. With 16 KiB (the kernel doubles it) and a peer
+/// whose receive buffer is as small, the kernel takes at most a few tens of KiB of a
+/// 4 MiB queue; the rest stays queued, where the limits see it.
+#[test]
+fn send_buffer_bounds_what_the_kernel_holds_for_a_peer_that_does_not_read() {
+    let _s = serial();
+    let cfg = ConnConfig::default()
+        .send_buffer(16 * KIB)
+        .outbound(OutboundConfig::limit(8 * MIB, OverflowPolicy::Reject));
+    let (mut r, addr) = listening(cfg);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * KIB).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let _peer: TcpStream = sock.into();
+    let mut log = Vec::new();
+    let conn = accept(&mut r, &mut log);
+    let chunk = Bytes::from(vec![3u8; 64 * KIB]);
+    for _ in 0..64 {
+        r.send(conn, chunk.clone()).unwrap();
+    }
+    let end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < end {
+        r.poll(&mut log, Some(Duration::from_millis(20))).unwrap();
+    }
+    let written = r.stats().bytes_written as usize;
+    assert!(written > 0, "nothing was written");
+    assert!(
+        written <= 256 * KIB,
+        "the kernel took {written} bytes for a peer that reads nothing"
+    );
+    assert_eq!(r.queued(conn), Some(4 * MIB - written));
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use heartloop::{
     Cause, ConnConfig, ConnId, DetachError, Detached, Event, Framing, ListenOptions, Member,
-    Reactor, ReactorConfig, Stats, TrySendError,
+    OverflowPolicy, Reactor, ReactorConfig, Stats, TrySendError,
 };
 use util::{Proc, accept, example_bin, listening};
 
@@ -413,4 +413,50 @@ fn a_killed_peer_is_reported_by_the_reactor_that_owns_it() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+/// `attach` refuses what would break the receiving reactor's limits (its reactor-wide
+/// queue cap, `max_connections`) and gives the connection back, unharmed: it can be
+/// attached elsewhere and still works.
+#[test]
+fn attach_refuses_over_the_limits_and_gives_the_connection_back() {
+    let (mut a, addr) = listening(ConnConfig::default().send_buffer(16 << 10));
+    let mut client = TcpStream::connect(addr).unwrap();
+    let mut log = Vec::new();
+    let conn = accept(&mut a, &mut log);
+    a.send(conn, Bytes::from(vec![7u8; 512 << 10])).unwrap();
+    a.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let moving = a.detach(conn).unwrap();
+    let queued = moving.queued();
+    assert!(queued > 64 << 10, "{queued} bytes still queued");
+    // A reactor whose cap is smaller than that queue.
+    let small = ReactorConfig::default().total_queued_limit(64 << 10, OverflowPolicy::Reject);
+    let mut b = Reactor::new(small).unwrap();
+    let back = b.attach(moving).unwrap_err();
+    assert!(
+        back.error.to_string().contains("total_queued_limit"),
+        "{}",
+        back.error
+    );
+    assert_eq!(b.stats().open_connections, 0);
+    assert_eq!(b.stats().bytes_queued, 0);
+    // A reactor at max_connections.
+    let mut full = Reactor::new(ReactorConfig::default().max_connections(0)).unwrap();
+    let back = full.attach(back.detached).unwrap_err();
+    assert!(back.error.to_string().contains("max_connections"));
+    // Given back unharmed: attached to a roomy reactor, every queued byte arrives.
+    let mut c = Reactor::new(ReactorConfig::default()).unwrap();
+    let id = c.attach(back.detached).unwrap();
+    let reader = std::thread::spawn(move || {
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let mut got = vec![0u8; 512 << 10];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let end = Instant::now() + WAIT;
+    while c.queued(id) != Some(0) {
+        assert!(Instant::now() < end, "never flushed");
+        c.poll(&mut log, Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(reader.join().unwrap().iter().all(|&b| b == 7));
 }

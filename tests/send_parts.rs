@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use heartloop::codec::{self, Decoded, Kind};
 use heartloop::{
-    ConnConfig, Event, Framing, OutboundConfig, OverflowPolicy, Reactor, ReactorConfig, SendError,
+    ConnConfig, Event, Framing, OutboundConfig, OverflowPolicy, QUEUE_ENTRY_COST, Reactor,
+    ReactorConfig, SendError,
 };
 use util::expect_event;
 
@@ -58,7 +59,9 @@ fn length_delimited_parts_make_one_frame() {
 #[test]
 fn refused_parts_queue_nothing() {
     let mut r = Reactor::new(ReactorConfig::default()).unwrap();
-    let out = OutboundConfig::watermarks(16, 32).hard_limit(100, OverflowPolicy::Reject);
+    // The limit charges a message QUEUE_ENTRY_COST beside its bytes.
+    let limit = 100 + QUEUE_ENTRY_COST;
+    let out = OutboundConfig::watermarks(16, 32).hard_limit(limit, OverflowPolicy::Reject);
     let (conn, _s) = accept(&mut r, ConnConfig::default().outbound(out));
     // 60 + 60 > 100: neither part may be queued, or the wire would carry a torn message.
     let err = r

@@ -12,8 +12,12 @@
 //! loop wakeups per second, accept rate); they are reported in BENCHMARKS.md, not asserted.
 //! The server sends each client connection a one-byte welcome frame when it accepts it, and
 //! a client keeps at most 64 connects waiting for one, so the listen backlog never overflows.
-//! Knobs for exploring: `HEARTLOOP_SOAK_CLIENT_INTERVAL_MS` (the clients' ping interval) and
-//! `HEARTLOOP_SOAK_SLACK_MS` (the server's heartbeat slack).
+//! Heartbeats are server-led by default: the server pings every connection each interval
+//! on its coalesced schedule, the clients only answer (`Heartbeat::answer_only`), as NATS
+//! servers do. Knobs for exploring: `HEARTLOOP_SOAK_BOTH_PING=1` (the clients ping too,
+//! `Heartbeat::new` on both sides), `HEARTLOOP_SOAK_CLIENT_INTERVAL_MS` (then the clients'
+//! ping interval), `HEARTLOOP_SOAK_SLACK_MS` (the server's heartbeat slack) and
+//! `HEARTLOOP_SOAK_COALESCE_MS` (the server's `ReactorConfig::quiet_coalescing`).
 //! Run: `HEARTLOOP_SOAK_SECS=15 cargo test --release -p heartloop-tests --test soak -- --ignored --nocapture`.
 //! Without root the cable part is skipped loudly and all 19,000 connections use loopback;
 //! in CI (`CI` set) that is a failure.
@@ -235,13 +239,25 @@ fn soak_19000_idle_connections_with_heartbeats() {
     let cfg = ConnConfig::default()
         .framing(Framing::length_delimited(64 * 1024))
         .heartbeat(Heartbeat::new(INTERVAL, TIMEOUT));
-    let hb_args = [
+    let both_ping = std::env::var("HEARTLOOP_SOAK_BOTH_PING").is_ok_and(|v| v == "1");
+    let mut hb_args = vec![
         "--interval".to_string(),
         format!("{}ms", client_interval.as_millis()),
         "--timeout".to_string(),
         format!("{}ms", TIMEOUT.as_millis()),
         "--welcome".to_string(),
     ];
+    if !both_ping {
+        hb_args.push("--answer-only".to_string());
+    }
+    println!(
+        "heartbeats: {}",
+        if both_ping {
+            "both sides ping (HEARTLOOP_SOAK_BOTH_PING=1)"
+        } else {
+            "server-led (clients answer only)"
+        }
+    );
 
     // One listener per client process: each has its own backlog and its own ephemeral
     // port space.

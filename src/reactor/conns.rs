@@ -12,6 +12,7 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::expiry::Timeout;
+use super::read::Pass;
 use super::socket::apply_socket_options;
 use super::table::Entry;
 use super::{Conn, Reactor, Stream};
@@ -303,9 +304,22 @@ impl Reactor {
             return;
         };
         if (r.readable || r.read_closed || read_first) && c.lc.wants_read() {
-            // With read-closed or error readiness the FIN (or the error) is queued behind
-            // the data: no further edge will come for it, so read on to the end.
-            self.read_conn(id, !r.read_closed && !r.error);
+            let hold = c.hold_reads;
+            if read_first {
+                // The bytes in front of the error are read before it ends the connection.
+                self.read_conn(id, Pass::Final);
+            } else if hold || self.turn_spent() {
+                // The turn's budget is spent, or the owner has not seen this connection's
+                // WriteBlocked yet: the edge is remembered on the ready queue, and the
+                // read (to the end, as no new edge may come) waits for the next turn.
+                self.schedule_read(id);
+            } else if r.read_closed {
+                // The FIN is queued behind the data: no further edge will come for it,
+                // so read on to the end.
+                self.read_conn(id, Pass::Again);
+            } else {
+                self.read_conn(id, Pass::Edge);
+            }
         }
         if read_first && self.take_error(id) {
             return;
@@ -363,7 +377,7 @@ impl Reactor {
         match step {
             Step::Continue | Step::Deliver | Step::Discard => {}
             Step::Read => {
-                self.read_conn(id, false);
+                self.read_conn(id, Pass::Again);
             }
             Step::Connected => {
                 self.stats.connected += 1;
@@ -427,6 +441,7 @@ impl Reactor {
             (cause, _) => cause,
         };
         self.stats.bytes_queued -= c.out.queued() as u64;
+        self.charged -= c.out.charged();
         self.stats.open_connections -= 1;
         if c.live.is_some() {
             self.heartbeat_conns -= 1;

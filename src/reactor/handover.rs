@@ -151,6 +151,7 @@ impl Reactor {
         // Its entries in the ready queue, the dirty list and the heartbeat heap are left to
         // go stale: they are checked against the table's serial and skipped.
         self.stats.bytes_queued -= c.out.queued() as u64;
+        self.charged -= c.out.charged();
         self.stats.open_connections -= 1;
         if c.live.is_some() {
             self.heartbeat_conns -= 1;
@@ -187,12 +188,13 @@ impl Reactor {
         if self.open_connections() >= self.cfg.max_connections {
             return refuse(d, io::Error::other("at max_connections"));
         }
-        let queued = d.0.out.queued();
-        if (self.stats.bytes_queued as usize).saturating_add(queued) > self.cfg.total_queued_limit {
+        let (queued, charged) = (d.0.out.queued(), d.0.out.charged());
+        // The reactor-wide cap counts memory (bytes plus each message's bookkeeping).
+        if self.charged.saturating_add(charged) > self.cfg.total_queued_limit {
             return refuse(
                 d,
                 io::Error::other(format!(
-                    "its {queued} queued bytes would exceed total_queued_limit"
+                    "its queue ({queued} bytes, {charged} charged) would exceed total_queued_limit"
                 )),
             );
         }
@@ -249,6 +251,7 @@ impl Reactor {
             }
         }
         self.add_queued(queued);
+        self.charged += charged;
         self.start_heartbeat(id);
         if queued > 0 {
             self.mark_dirty(id);

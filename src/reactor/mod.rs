@@ -22,8 +22,11 @@
 //! 2. Sleep in the OS poll until I/O, the earliest timer or heartbeat deadline, or the
 //!    owner's timeout; not at all while work is pending (ready queue, undelivered events).
 //! 3. Read the clock once: `now` for the whole turn.
-//! 4. Serve the ready queue (connections whose read budget ran out last turn), then the
-//!    OS events: accept, connect completion, read, write, error and hang-up.
+//! 4. Serve the ready queue (connections whose read budget ran out last turn, or that the
+//!    last turn's budget across connections left unread), then the OS events: accept,
+//!    connect completion, read, write, error and hang-up. Reads stop for this turn when
+//!    its budget (`ReactorConfig::turn_budget`) runs out; the connections left unread
+//!    wait on the ready queue, in order.
 //! 5. Expire timers, then heartbeat deadlines. I/O comes first, so a peer whose bytes
 //!    arrived is never declared lost, and a connection is declared lost only after a last
 //!    non-blocking read found nothing.
@@ -84,8 +87,17 @@ pub struct Reactor {
     clock: Clock,
     wheel: Wheel<Timeout>,
     heap: DeadlineHeap<ConnId>,
-    /// Connections (and listeners) with work left from a previous turn, served first.
+    /// Connections (and listeners) with work left from a previous turn, served first, in
+    /// order: those whose read budget ran out, resumed readers, those left unread when
+    /// the turn's budget ran out (a readable edge is spent once seen: it is remembered
+    /// here), and listeners whose accept budget ran out.
     ready: VecDeque<Key>,
+    /// What is left of this turn's budget across connections (`ReactorConfig::turn_events`
+    /// and `turn_bytes`).
+    turn_left: usize,
+    turn_bytes_left: usize,
+    /// Connections whose reads wait until their `WriteBlocked` is handed over.
+    held: Vec<ConnId>,
     /// Connections with queued bytes to flush before the loop sleeps.
     dirty: Vec<ConnId>,
     /// Events produced since the last hand-over.
@@ -103,6 +115,10 @@ pub struct Reactor {
     due: Vec<ConnId>,
     now: Instant,
     stats: Stats,
+    /// What every outbound queue is charged together (bytes plus
+    /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) per message): what the reactor-wide
+    /// cap is compared with.
+    charged: usize,
     heartbeat_conns: usize,
     /// Shared with the handles, created by the first [`Reactor::handle`] call.
     shared: Option<Arc<Shared>>,
@@ -147,8 +163,11 @@ impl Reactor {
         mut cfg: ReactorConfig,
         clock: Clock,
     ) -> Reactor {
-        // A zero accept budget would requeue a listener forever without accepting.
+        // A zero accept budget would requeue a listener forever without accepting; a zero
+        // turn budget would never read.
         cfg.accept_budget = cfg.accept_budget.max(1);
+        cfg.turn_events = cfg.turn_events.max(1);
+        cfg.turn_bytes = cfg.turn_bytes.max(1);
         let now = clock.now();
         Reactor {
             poll: None,
@@ -160,6 +179,9 @@ impl Reactor {
             wheel: Wheel::new(now),
             heap: DeadlineHeap::new(now, cfg.heartbeat_slack),
             ready: VecDeque::new(),
+            turn_left: cfg.turn_events,
+            turn_bytes_left: cfg.turn_bytes,
+            held: Vec::new(),
             dirty: Vec::new(),
             pending: Vec::new(),
             rbuf: BytesMut::new(),
@@ -170,6 +192,7 @@ impl Reactor {
             due: Vec::new(),
             now,
             stats: Stats::default(),
+            charged: 0,
             heartbeat_conns: 0,
             shared: None,
             commands: VecDeque::new(),

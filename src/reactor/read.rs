@@ -26,22 +26,55 @@ pub(crate) const EVENT_BUDGET: usize = 1024;
 /// Most bytes reserved up front for a frame whose header announced more: the buffer grows
 /// with the bytes that actually arrive, not with what the peer claims.
 const PARTIAL_RESERVE: usize = 64 * 1024;
+/// A `Data` shorter than this is copied out of the buffer it was read into, so that an
+/// owner who keeps it (or queues it for a peer that does not read) holds its length and
+/// not the whole 64 KiB read chunk behind it. A longer one is a slice of that buffer: it
+/// keeps at most 4× its length alive (one read chunk), or, for a frame assembled across
+/// reads, the frame's own buffer. Copying a short payload costs one small allocation and a
+/// `memcpy` next to the `read` that brought it (see BENCHMARKS.md).
+pub(crate) const COPY_BELOW: usize = 16 * 1024;
+
+/// The payload as handed to the owner: a copy of its own when short (see [`COPY_BELOW`]).
+fn detach(bytes: Bytes) -> Bytes {
+    if bytes.len() < COPY_BELOW {
+        Bytes::copy_from_slice(&bytes)
+    } else {
+        bytes
+    }
+}
+
+/// What kind of read pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Driven by a fresh readable edge without read-closed or error: a short read means
+    /// the receive queue was empty, and what arrives later raises a new edge, so the pass
+    /// stops there (saving a `WouldBlock` read per message).
+    Edge,
+    /// No fresh edge will come for what waits (a queued FIN, bytes left from an earlier
+    /// turn, a resumed reader): read until `WouldBlock` or a budget.
+    Again,
+    /// A read that must happen now, whatever the turn's budget: the last read before a
+    /// heartbeat verdict, or the bytes in front of an error. Only the connection's own
+    /// budget bounds it.
+    Final,
+}
 
 impl Reactor {
-    /// Read until `WouldBlock`, the budget, or (when `short_read_drains`) a short read;
-    /// deliver what was read. Returns the bytes read.
-    ///
-    /// A short read means the receive queue was empty at that moment, and anything that
-    /// arrives later raises a new edge, so stopping there saves a `WouldBlock` syscall per
-    /// message. That holds only for reads driven by a fresh readable edge without
-    /// read-closed or error: a FIN or error that is already queued, or bytes left from an
-    /// earlier turn (ready queue, resume, last read before a heartbeat verdict) raise no
-    /// new edge.
-    pub(super) fn read_conn(&mut self, id: ConnId, short_read_drains: bool) -> usize {
+    /// Read until `WouldBlock`, a budget (the connection's, or the turn's across
+    /// connections), or (an [`Edge`](Pass::Edge) pass) a short read; deliver what was
+    /// read. Returns the bytes read. A pass stopped by a budget puts the connection on the
+    /// ready queue: it goes on in a later turn.
+    pub(super) fn read_conn(&mut self, id: ConnId, pass: Pass) -> usize {
         let now = self.now;
+        let budgeted = pass != Pass::Final;
         let mut got = 0usize;
         let mut events = 0usize;
-        if self.table.conn(id).is_some_and(|c| c.backlog) && !self.deliver_backlog(id, &mut events)
+        if budgeted && self.turn_spent() {
+            self.schedule_read(id);
+            return got;
+        }
+        if self.table.conn(id).is_some_and(|c| c.backlog)
+            && !self.deliver_backlog(id, &mut events, budgeted)
         {
             return got; // ended, or still more decoded frames than one turn takes
         }
@@ -55,14 +88,21 @@ impl Reactor {
             let Some(c) = self.table.conn_mut(id) else {
                 return got;
             };
-            let want = self.rbuf.len();
+            // Never more than the turn has left to read.
+            let want = if budgeted {
+                self.rbuf.len().min(self.turn_bytes_left)
+            } else {
+                self.rbuf.len()
+            };
             let mut short = false;
             self.stats.read_calls += 1;
-            let step = match c.sock.read(&mut self.rbuf[..]) {
+            self.turn_left = self.turn_left.saturating_sub(1);
+            let step = match c.sock.read(&mut self.rbuf[..want]) {
                 Ok(0) => c.lc.on_eof(),
                 Ok(n) => {
                     got += n;
                     short = n < want;
+                    self.turn_bytes_left = self.turn_bytes_left.saturating_sub(n);
                     self.stats.bytes_read += n as u64;
                     c.waiting = 0; // what waited was read: bytes waiting later are new
                     if let Some(l) = c.live.as_mut() {
@@ -70,7 +110,7 @@ impl Reactor {
                     }
                     let chunk = self.rbuf.split_to(n);
                     match c.lc.on_data() {
-                        Step::Deliver => match self.deliver(id, chunk, &mut events) {
+                        Step::Deliver => match self.deliver(id, chunk, &mut events, budgeted) {
                             Ok(()) => Step::Continue,
                             Err(e) => match self.table.conn_mut(id) {
                                 Some(c) => c.lc.on_protocol_error(e),
@@ -89,12 +129,17 @@ impl Reactor {
             let Some(c) = self.table.conn_mut(id) else {
                 return got; // ended
             };
-            if !c.lc.wants_read() || (short_read_drains && short) {
-                return got; // EOF in half-close mode or while closing; or drained
+            if !c.lc.wants_read() {
+                return got; // EOF in half-close mode or while closing
             }
-            if got >= c.cfg.read_budget || c.backlog {
+            // Before the short read's "drained": frames read but not decoded (the event
+            // budget ran out) raise no edge of their own; they must be scheduled.
+            if got >= c.cfg.read_budget || c.backlog || (budgeted && self.turn_spent()) {
                 self.schedule_read(id);
                 return got;
+            }
+            if pass == Pass::Edge && short {
+                return got; // drained: what arrives later raises a new edge
             }
         }
     }
@@ -106,7 +151,7 @@ impl Reactor {
             return LastRead::Nothing;
         };
         if c.lc.wants_read() {
-            return if self.read_conn(id, false) > 0 {
+            return if self.read_conn(id, Pass::Final) > 0 {
                 LastRead::Bytes
             } else {
                 LastRead::Nothing
@@ -135,7 +180,7 @@ impl Reactor {
 
     /// Decode the frames left over from an earlier read pass that hit the event budget.
     /// Whether the read pass may go on (the backlog is gone and the connection is open).
-    fn deliver_backlog(&mut self, id: ConnId, events: &mut usize) -> bool {
+    fn deliver_backlog(&mut self, id: ConnId, events: &mut usize, budgeted: bool) -> bool {
         let Some(c) = self.table.conn_mut(id) else {
             return false;
         };
@@ -145,7 +190,7 @@ impl Reactor {
             c.backlog = false;
             return true;
         }
-        if let Err(e) = self.deliver(id, BytesMut::new(), events) {
+        if let Err(e) = self.deliver(id, BytesMut::new(), events, budgeted) {
             if let Some(c) = self.table.conn_mut(id) {
                 let step = c.lc.on_protocol_error(e);
                 self.obey(id, step);
@@ -163,13 +208,15 @@ impl Reactor {
     }
 
     /// Turn freshly read bytes into events according to the framing, at most
-    /// [`EVENT_BUDGET`] frames per read pass (`events` counts them); what is left is kept
-    /// in the connection's partial buffer and marked as backlog.
+    /// [`EVENT_BUDGET`] frames per read pass (`events` counts them) and, when `budgeted`,
+    /// no more than the turn has left; what is left is kept in the connection's partial
+    /// buffer and marked as backlog.
     fn deliver(
         &mut self,
         id: ConnId,
         mut chunk: BytesMut,
         events: &mut usize,
+        budgeted: bool,
     ) -> Result<(), ProtocolError> {
         let Some(c) = self.table.conn_mut(id) else {
             return Ok(());
@@ -177,10 +224,11 @@ impl Reactor {
         let framing = c.cfg.framing;
         if framing == Framing::Raw {
             if !chunk.is_empty() {
+                // The read call that brought it was counted against the turn already.
                 *events += 1;
                 self.pending.push(Event::Data {
                     conn: id,
-                    bytes: chunk.freeze(),
+                    bytes: detach(chunk.freeze()),
                 });
             }
             return Ok(());
@@ -193,7 +241,7 @@ impl Reactor {
         let mut pinged = false;
         c.backlog = false;
         loop {
-            if *events >= EVENT_BUDGET {
+            if *events >= EVENT_BUDGET || (budgeted && self.turn_left == 0) {
                 if !in_partial && !chunk.is_empty() {
                     c.partial = BytesMut::from(&chunk[..]); // at most one read's worth
                 }
@@ -233,11 +281,15 @@ impl Reactor {
             match next {
                 Ok((kind, bytes)) => {
                     *events += 1;
+                    self.turn_left = self.turn_left.saturating_sub(1);
                     match kind {
                         // An empty length-delimited frame carries nothing to hand over (its
                         // bytes still proved the peer alive); an empty line is a message.
                         Kind::Data if !bytes.is_empty() || !length_delimited => {
-                            self.pending.push(Event::Data { conn: id, bytes });
+                            self.pending.push(Event::Data {
+                                conn: id,
+                                bytes: detach(bytes),
+                            });
                         }
                         Kind::Ping => pinged = true,
                         Kind::Data | Kind::Pong => {}

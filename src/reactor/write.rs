@@ -8,11 +8,12 @@ use bytes::Bytes;
 
 use super::Reactor;
 use super::expiry::Timeout;
+use super::read::Pass;
 use crate::cause::Cause;
 use crate::codec::{self, Framing, Kind};
 use crate::event::{ConnId, Event, StaleId};
 use crate::lifecycle::{Refused, Step};
-use crate::outbound::{OverflowPolicy, PushError, Watermark};
+use crate::outbound::{OverflowPolicy, PushError, Watermark, charge};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -148,7 +149,7 @@ impl Reactor {
     pub fn send_parts(&mut self, id: ConnId, head: Bytes, body: Bytes) -> Result<(), SendError> {
         let total_cap = self.cfg.total_queued_limit;
         let total_policy = self.cfg.total_queued_policy;
-        let total = self.stats.bytes_queued as usize;
+        let total = self.charged;
         let now = self.now;
         let framing = {
             let c = self.table.conn(id).ok_or(SendError::Stale)?;
@@ -173,10 +174,11 @@ impl Reactor {
             _ => 0,
         };
         let len = frame_header + head.len() + body.len();
-        if total.saturating_add(len) > total_cap {
+        // The cap counts memory: bytes plus the bookkeeping of every queued message.
+        if total.saturating_add(charge(len)) > total_cap {
             // Over the reactor-wide cap. `Disconnect` cuts the connections that hold the
             // memory (largest queue first), which may or may not include this one.
-            let room = total_policy == OverflowPolicy::Disconnect && self.make_room(len);
+            let room = total_policy == OverflowPolicy::Disconnect && self.make_room(charge(len));
             let queued = self.table.conn(id).map_or(0, |c| c.out.queued());
             if !room || !self.is_open(id) {
                 self.stats.sends_rejected += 1;
@@ -207,8 +209,10 @@ impl Reactor {
         } else {
             now
         };
+        let before = c.out.charged();
         match c.out.push(header, body, &out_cfg, now) {
             Ok(mark) => {
+                self.charged += c.out.charged() - before;
                 let dirty = !c.dirty;
                 c.dirty = true;
                 if dirty {
@@ -216,7 +220,7 @@ impl Reactor {
                 }
                 self.add_queued(len);
                 if let Some(Watermark::High { queued }) = mark {
-                    self.pending.push(Event::WriteBlocked { conn: id, queued });
+                    self.write_blocked(id, queued);
                 }
                 Ok(())
             }
@@ -226,21 +230,21 @@ impl Reactor {
         }
     }
 
-    /// Cut the connections with the largest queues, as slow peers, until `need` more
-    /// bytes fit under the reactor-wide cap. Whether they fit now. O(connections) per
-    /// connection cut; only ever runs over the cap.
+    /// Cut the connections with the largest queues (by their charge), as slow peers,
+    /// until `need` more bytes charged fit under the reactor-wide cap. Whether they fit
+    /// now. O(connections) per connection cut; only ever runs over the cap.
     fn make_room(&mut self, need: usize) -> bool {
         let cap = self.cfg.total_queued_limit;
         if need > cap {
             return false; // the send alone is over the cap: cutting others cannot help
         }
-        while (self.stats.bytes_queued as usize).saturating_add(need) > cap {
-            let Some((id, queued)) = self
+        while self.charged.saturating_add(need) > cap {
+            let Some((id, queued, _)) = self
                 .table
                 .conns()
-                .map(|c| (c.id, c.out.queued()))
-                .max_by_key(|&(_, q)| q)
-                .filter(|&(_, q)| q > 0)
+                .map(|c| (c.id, c.out.queued(), c.out.charged()))
+                .max_by_key(|&(_, _, charged)| charged)
+                .filter(|&(_, _, charged)| charged > 0)
             else {
                 return false; // nothing left to cut
             };
@@ -281,14 +285,31 @@ impl Reactor {
         let Some(c) = self.table.conn_mut(id) else {
             return;
         };
-        let len = frame.len();
         let cfg = c.cfg.outbound;
+        let (bytes, charged) = (c.out.queued(), c.out.charged());
         let mark = c.out.push_control(frame, &cfg, now);
-        self.add_queued(len);
+        // Nothing is queued when the same frame already waits (one pong answers all).
+        let (bytes, charged) = (c.out.queued() - bytes, c.out.charged() - charged);
+        self.charged += charged;
+        self.add_queued(bytes);
         if let Some(Watermark::High { queued }) = mark {
-            self.pending.push(Event::WriteBlocked { conn: id, queued });
+            self.write_blocked(id, queued);
         }
         self.mark_dirty(id);
+    }
+
+    /// The queue crossed the high watermark: tell the owner, and read no more from the
+    /// connection until the event is handed over. An owner that answers `WriteBlocked`
+    /// with `pause_reading` thus pauses before another read pass, however the crossing
+    /// came (its own sends between turns, or pongs within one).
+    fn write_blocked(&mut self, id: ConnId, queued: usize) {
+        self.pending.push(Event::WriteBlocked { conn: id, queued });
+        if let Some(c) = self.table.conn_mut(id)
+            && !c.hold_reads
+        {
+            c.hold_reads = true;
+            self.held.push(id);
+        }
     }
 
     pub(super) fn mark_dirty(&mut self, id: ConnId) {
@@ -362,7 +383,10 @@ impl Reactor {
                     if let Some(l) = c.live.as_mut() {
                         l.on_send(now);
                     }
-                    if let Some(Watermark::Low) = c.out.consumed(n, &cfg, now) {
+                    let charged = c.out.charged();
+                    let mark = c.out.consumed(n, &cfg, now);
+                    self.charged -= charged - c.out.charged();
+                    if let Some(Watermark::Low) = mark {
                         self.pending.push(Event::Writable { conn: id });
                     }
                     if n < offered {
@@ -381,7 +405,7 @@ impl Reactor {
                     // A reset seen by a write: the bytes the peer sent before it are still
                     // in the receive queue. Read them first (that read meets the error).
                     if c.lc.on_error_readiness() == Step::Read {
-                        self.read_conn(id, false);
+                        self.read_conn(id, Pass::Final);
                     }
                     if let Some(c) = self.table.conn_mut(id) {
                         let step = c.lc.on_error(Cause::from_io(&e));
