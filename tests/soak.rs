@@ -234,6 +234,10 @@ fn soak_19000_idle_connections_with_heartbeats() {
     if let Some(slack) = env_ms("HEARTLOOP_SOAK_SLACK_MS") {
         rcfg = rcfg.heartbeat_slack(slack);
     }
+    if let Some(d) = env_ms("HEARTLOOP_SOAK_COALESCE_MS") {
+        rcfg = rcfg.quiet_coalescing(d);
+        println!("server: quiet_coalescing {d:?}");
+    }
     let mut r = Reactor::new(rcfg).expect("reactor");
     let rss_empty = util::rss_kib();
     let cfg = ConnConfig::default()

@@ -119,6 +119,10 @@ pub struct Reactor {
     /// [`QUEUE_ENTRY_COST`](crate::QUEUE_ENTRY_COST) per message): what the reactor-wide
     /// cap is compared with.
     charged: usize,
+    /// The last turn handed the owner no event (see `ReactorConfig::quiet_coalescing`).
+    quiet: bool,
+    /// When the last poll that was allowed to sleep returned.
+    last_wake: Option<Instant>,
     heartbeat_conns: usize,
     /// Shared with the handles, created by the first [`Reactor::handle`] call.
     shared: Option<Arc<Shared>>,
@@ -193,6 +197,8 @@ impl Reactor {
             now,
             stats: Stats::default(),
             charged: 0,
+            quiet: false,
+            last_wake: None,
             heartbeat_conns: 0,
             shared: None,
             commands: VecDeque::new(),

@@ -51,14 +51,16 @@ impl Reactor {
         if let Some(t) = timeout {
             wait = Some(wait.map_or(t, |w| w.min(t)));
         }
+        let napped = self.nap_while_quiet(&mut wait);
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         let res = match self.poll.as_mut() {
             Some(p) => p.poll(&mut events, wait),
             None => Err(io::Error::other("reactor is hosted: the host polls")),
         };
         self.stats.turns += 1;
-        if wait != Some(Duration::ZERO) {
+        if napped || wait != Some(Duration::ZERO) {
             self.stats.wakeups += 1;
+            self.last_wake = Some(self.clock.now());
         }
         match res {
             Ok(()) => {}
@@ -74,13 +76,38 @@ impl Reactor {
             self.dispatch(ev);
         }
         self.events = events;
+        let handed = out.len();
         self.finish_turn(out);
+        self.quiet = out.len() == handed;
         // Two more clock reads per turn (~20 ns each): what a slow turn cost everyone else,
         // the flush before the wait included.
         let took = self.clock.now().saturating_duration_since(started) + flushed_in;
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.stats.longest_turn_us = self.stats.longest_turn_us.max(us);
         Ok(())
+    }
+
+    /// `ReactorConfig::quiet_coalescing`: after a quiet turn, sleep out the rest of the
+    /// coalescing period since the last wakeup before waiting in the OS poll (whatever
+    /// becomes ready meanwhile is then served in one turn); `wait` is shortened by the nap.
+    /// Only when the poll may sleep at all, and never on a manual clock. Whether it slept.
+    fn nap_while_quiet(&mut self, wait: &mut Option<Duration>) -> bool {
+        let (Some(period), Some(last)) = (self.cfg.quiet_coalescing, self.last_wake) else {
+            return false;
+        };
+        if !self.quiet || *wait == Some(Duration::ZERO) || self.clock.is_manual() {
+            return false;
+        }
+        let since = self.clock.now().saturating_duration_since(last);
+        let Some(mut nap) = period.checked_sub(since).filter(|n| !n.is_zero()) else {
+            return false;
+        };
+        if let Some(w) = wait.as_mut() {
+            nap = nap.min(*w);
+            *w -= nap;
+        }
+        std::thread::sleep(nap);
+        true
     }
 
     /// Start a turn (once): read the clock, renew the turn's budget, serve the ready
