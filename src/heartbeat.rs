@@ -66,7 +66,7 @@ impl Heartbeat {
     /// it was silent for `interval` (or the peer was, once per interval), and declares the
     /// peer lost after `timeout` without a byte from it. Either side, or both, may use it;
     /// with equal settings on both sides one of them ends up pinging and the other
-    /// answering (see [`Liveness::on_ping_answered`]).
+    /// answering (the side that answers a ping holds its own back).
     pub const fn new(interval: Duration, timeout: Duration) -> Self {
         Self {
             interval,
