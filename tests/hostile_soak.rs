@@ -115,8 +115,10 @@ const CHUNK: u64 = 64 * KIB;
 /// outbound queue, lifecycle; ~650 at once here), and what glibc's allocator keeps after
 /// freeing it (read chunks freed out of order, queues that grew and shrank, the storm's
 /// connections): a few MiB. 32 MiB is room for that, not for a leak or an amplification,
-/// which grow with the attack's length: with the echo's copy of waiting payloads turned
-/// off (`HEARTLOOP_HOSTILE_ECHO_ARGS=--always-zero-copy`) one 8 s window took it to 43 MiB.
+/// which grow with the attack's length: before the reactor copied short payloads out of
+/// its read buffer, turning off the echo's own copy of waiting payloads
+/// (`HEARTLOOP_HOSTILE_ECHO_ARGS=--always-zero-copy`) took it to 43 MiB in 8 s windows;
+/// now 5.6 MiB, as with the copy.
 const RSS_CONSTANT: u64 = 32 * MIB;
 
 /// Length of a quiet or attack window (about; `secs` is split into whole windows). Short,
