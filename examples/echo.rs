@@ -25,10 +25,12 @@
 //! * `--max-queued SIZE`: each connection's outbound hard limit (default 4 MiB); a client
 //!   whose echo would queue more is cut as a slow peer. The watermarks that pause and
 //!   resume reading become at most a quarter and a sixteenth of it (by default 256 KiB
-//!   and 64 KiB), and the read budget per turn at most an eighth (256 KiB): reading goes
-//!   on for up to two read passes after the queue crosses the high watermark (the pause
-//!   takes effect when the owner sees `WriteBlocked`), each at most the budget plus one
-//!   64 KiB read, so from 256 KiB up a client that reads slowly is paused, not cut.
+//!   and 64 KiB), and the read budget per turn at most an eighth (256 KiB): the reactor
+//!   reads no more from a client between the crossing of the high watermark and the
+//!   hand-over of its `WriteBlocked` (the pause takes effect then), so at most the read
+//!   pass whose echo crossed it lands above the watermark, and from 256 KiB up a client
+//!   that reads slowly is paused, not cut. (The limits count each queued echo's
+//!   bookkeeping too: `QUEUE_ENTRY_COST`.)
 //! * `--max-total-queued SIZE`: the reactor-wide cap on queued bytes (default 1 GiB); over
 //!   it the connections holding the most are cut as slow peers.
 //! * `--sndbuf SIZE`: each connection's `SO_SNDBUF` (default: the kernel's autotuning,
@@ -51,16 +53,16 @@
 //!   steal time, time the hypervisor gave the CPU to another machine). A long turn with
 //!   little CPU was spent waiting for a CPU, not working; its events say what it worked on.
 //!
-//! Memory: a payload arrives as a slice of the reactor's shared 64 KiB read chunk, and a
-//! chunk stays allocated while any slice of it lives. Echoing that slice is free when it
-//! leaves at once, but a slice that waits in the queue of a peer that does not read keeps
-//! its whole chunk alive, while the queue limits count only the slice: ten peers sending
-//! 6-byte frames without reading, next to two floods that move through many chunks, made
-//! 365 KB of queued echoes hold 38 MiB after 8 s (`tests/hostile_soak.rs` with
-//! `--always-zero-copy`). So a payload that has to wait behind bytes already queued is
-//! copied (one allocation of its own size); the first one into an empty queue, which
-//! nearly always leaves at once, goes as it is. A connection then holds at most one chunk
-//! beyond its queued bytes.
+//! Memory: a payload of 16 KiB or more arrives as a slice of the reactor's shared 64 KiB
+//! read chunk, and a chunk stays allocated while any slice of it lives (a shorter payload
+//! is a copy of its own: see `Event::Data`). Echoing that slice is free when it leaves at
+//! once, but a slice that waits in the queue of a peer that does not read keeps its whole
+//! chunk alive, up to 4× what the queue limits count. So a payload that has to wait
+//! behind bytes already queued is copied (one allocation of its own size); the first one
+//! into an empty queue, which nearly always leaves at once, goes as it is. A connection
+//! then holds at most one chunk beyond its queued bytes. (Before the reactor copied short
+//! payloads itself, ten peers sending 6-byte frames without reading made 365 KB of queued
+//! echoes hold 38 MiB after 8 s with `--always-zero-copy`: `tests/hostile_soak.rs`.)
 //!
 //! DUR is a duration such as `250ms`, `1.5s` or `1m30s`; SIZE is bytes with an optional
 //! unit, `64k`, `64KB` or `4MiB` (powers of 1024); `--help` lists the options. The line
