@@ -148,6 +148,28 @@ impl Drop for Client {
 }
 
 /// This process's CPU time so far in clock ticks: (user, system), from /proc/self/stat.
+/// The syscall floor of one heartbeat at the server: CPU time (this process's user + kernel)
+/// per 5-byte `send` on one loopback TCP socket plus the 5-byte `recv` of it on the other,
+/// blocking, no event loop: what one ping sent plus one pong read cost at the least (on
+/// loopback the send also runs the receiving socket's TCP path).
+fn syscall_floor() -> Duration {
+    use std::io::{Read, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut b, _) = l.accept().unwrap();
+    a.set_nodelay(true).unwrap();
+    const N: u32 = 100_000;
+    let mut buf = [0u8; 5];
+    let c0 = cpu_ticks();
+    for _ in 0..N {
+        a.write_all(&[0, 0, 0, 0, 1]).unwrap();
+        b.read_exact(&mut buf).unwrap();
+    }
+    let c1 = cpu_ticks();
+    let ticks = (c1.0 + c1.1) - (c0.0 + c0.1);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_s() / N as f64)
+}
+
 fn cpu_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
     // Fields after the ")" that ends the command name; utime and stime are fields 14, 15.
@@ -238,6 +260,7 @@ fn soak_19000_idle_connections_with_heartbeats() {
         rcfg = rcfg.quiet_coalescing(d);
         println!("server: quiet_coalescing {d:?}");
     }
+    let floor = syscall_floor();
     let mut r = Reactor::new(rcfg).expect("reactor");
     let rss_empty = util::rss_kib();
     let cfg = ConnConfig::default()
@@ -436,6 +459,15 @@ fn soak_19000_idle_connections_with_heartbeats() {
         per_s(s0.pings, s1.pings),
         per_s(s0.read_calls, s1.read_calls),
         per_s(s0.write_calls, s1.write_calls),
+    );
+    let pings = per_s(s0.pings, s1.pings).max(1.0);
+    let per_hb = Duration::from_secs_f64(cpu_pct / 100.0 / pings);
+    eprintln!(
+        "  CPU per heartbeat (a ping sent, its pong read, the loop's share): {:.1} µs; the \
+         syscall floor (one 5-byte send + one recv, blocking, no loop): {:.1} µs ({:.1}x)",
+        per_hb.as_secs_f64() * 1e6,
+        floor.as_secs_f64() * 1e6,
+        per_hb.as_secs_f64() / floor.as_secs_f64().max(1e-9)
     );
 
     assert!(
