@@ -116,6 +116,7 @@ impl<T> fmt::Debug for Sender<T> {
 
 /// Why [`Sender::try_send`] refused a value; the value comes back.
 #[derive(PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TrySendError<T> {
     /// The channel holds `capacity` values: the receiving loop is not keeping up.
     Full(T),
@@ -251,6 +252,7 @@ impl<T> Drop for Receiver<T> {
 
 /// One reactor of a [`mesh`]: move it to its own thread and run its loop there.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Member<T> {
     /// Its position, `0..n`.
     pub index: usize,

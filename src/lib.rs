@@ -111,6 +111,16 @@
 //! wake), and the owner's own mio sources can join the loop with
 //! [`Reactor::register_source`] ([`Event::Source`]).
 //!
+//! ## Many cores
+//!
+//! A reactor is single-threaded; scale out with one per core, shared nothing: [`mesh`]
+//! builds `n` reactors (each `Send`, to be moved to its own thread) with bounded inboxes
+//! between them ([`channel`]: one [`Event::Mail`] per burst of messages, not per message);
+//! they share a port with [`ListenOptions::reuse_port`], hand connections to each other
+//! with [`Reactor::detach`] and [`Reactor::attach`], and their [`Stats`] add up. For tens
+//! of thousands of idle connections, server-led heartbeats ([`Heartbeat::answer_only`] on
+//! the clients) and [`ReactorConfig::quiet_coalescing`] bound the loop's wakeups.
+//!
 //! ## Layers
 //!
 //! [`Reactor`] makes every syscall. Whether and why a connection ends is decided by one

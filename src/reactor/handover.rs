@@ -86,6 +86,7 @@ impl std::error::Error for DetachError {}
 
 /// Why [`Reactor::attach`] refused; the connection comes back unchanged.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct AttachError {
     /// The connection, as it was given.
     pub detached: Detached,
