@@ -53,6 +53,8 @@ options:
   --write-deadline DUR     longest a client's queue may make no progress (default 10s)
   --copy-below SIZE        payloads shorter than this are copied into each subscriber's
                            batch, longer ones shared (default 1KB; 0 shares every one)
+  --quiet-coalescing DUR   while only pings and pongs flow, wake at most once per DUR
+                           (heartloop's ReactorConfig::quiet_coalescing; default off)
   -h, --help               print this help
 
 DUR is a duration such as 250ms, 10s or 2m; SIZE is bytes with an optional unit, such
@@ -75,6 +77,9 @@ fn parse_args() -> Result<Config, lexopt::Error> {
             }
             Long("max-pending") => {
                 cfg.max_pending = p.value()?.parse_with(opts::parse_size_usize)?
+            }
+            Long("quiet-coalescing") => {
+                cfg.quiet_coalescing = Some(p.value()?.parse_with(opts::parse_duration)?)
             }
             Long("copy-below") => cfg.copy_below = p.value()?.parse_with(opts::parse_size_usize)?,
             Long("write-deadline") => {

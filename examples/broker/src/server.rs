@@ -61,6 +61,9 @@ pub struct Config {
     /// Payloads shorter than this are copied into each subscriber's batch; longer ones
     /// are sent as one `Bytes` shared by all subscribers (see `Client::out`).
     pub copy_below: usize,
+    /// `ReactorConfig::quiet_coalescing`: while only pings and pongs flow, wake at most
+    /// once per this long (`None`: off, the default).
+    pub quiet_coalescing: Option<Duration>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             max_pending: 64 << 20,
             write_deadline: Duration::from_secs(10),
             copy_below: 1024,
+            quiet_coalescing: None,
         }
     }
 }
@@ -175,7 +179,11 @@ impl Server {
     pub fn bind(cfg: Config) -> io::Result<Server> {
         // A send over the reactor-wide cap must not tear a message in two (header queued,
         // payload refused): with `Disconnect` the connection ends instead.
-        let rcfg = ReactorConfig::default().total_queued_limit(4 << 30, OverflowPolicy::Disconnect);
+        let mut rcfg =
+            ReactorConfig::default().total_queued_limit(4 << 30, OverflowPolicy::Disconnect);
+        if let Some(d) = cfg.quiet_coalescing {
+            rcfg = rcfg.quiet_coalescing(d);
+        }
         let mut reactor = Reactor::new(rcfg)?;
         let pending = cfg.max_pending.max(1);
         let conn = ConnConfig::default()
