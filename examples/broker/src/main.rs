@@ -19,11 +19,15 @@
 //!
 //! Options (defaults are nats-server's, but for `--copy-below`): `--addr HOST:PORT` (127.0.0.1:4222; port 0 picks
 //! one), `--ping-interval DUR` (2m), `--ping-max N` (2), `--max-payload SIZE` (1MB),
-//! `--max-pending SIZE` (64MB), `--write-deadline DUR` (10s), and `--copy-below SIZE`
+//! `--max-pending SIZE` (64MB), `--write-deadline DUR` (10s), `--copy-below SIZE`
 //! (1KB: payloads shorter than this are copied into each subscriber's write batch, longer
-//! ones are shared by all subscribers as one `Bytes`; 0 shares every payload). DUR is a
-//! duration such as `250ms`, `10s` or `2m`; SIZE is bytes with an optional `KB`/`MB`/`GB`
-//! (powers of 1024), as in `examples/common/opts.rs`. `--help` lists them.
+//! ones are shared by all subscribers as one `Bytes`; 0 shares every payload),
+//! `--sndbuf SIZE` (clients' `SO_SNDBUF`; default the kernel's) and `--stats DUR` (every
+//! DUR, one line of counters to stderr: clients, subscriptions, slow consumers cut,
+//! publishers held back, the reactor's `Stats` with its longest turn; the hostile-peer
+//! soak, `tests/hostile_soak.rs`, reads it). DUR is a duration such as `250ms`, `10s`
+//! or `2m`; SIZE is bytes with an optional `KB`/`MB`/`GB` (powers of 1024), as in
+//! `examples/common/opts.rs`. `--help` lists them.
 //!
 //! Prints one line, `broker listening on ADDR ...`, to stdout. Per-connection events are
 //! logged at debug level: `RUST_LOG=debug`.
@@ -55,6 +59,8 @@ options:
                            batch, longer ones shared (default 1KB; 0 shares every one)
   --quiet-coalescing DUR   while only pings and pongs flow, wake at most once per DUR
                            (heartloop's ReactorConfig::quiet_coalescing; default off)
+  --stats DUR              every DUR, print a line of counters to stderr (default: never)
+  --sndbuf SIZE            SO_SNDBUF of client sockets (default: the kernel's)
   -h, --help               print this help
 
 DUR is a duration such as 250ms, 10s or 2m; SIZE is bytes with an optional unit, such
@@ -85,6 +91,11 @@ fn parse_args() -> Result<Config, lexopt::Error> {
             Long("write-deadline") => {
                 cfg.write_deadline = p.value()?.parse_with(opts::parse_duration)?
             }
+            Long("stats") => {
+                cfg.stats =
+                    Some(p.value()?.parse_with(opts::parse_duration)?).filter(|d| !d.is_zero())
+            }
+            Long("sndbuf") => cfg.sndbuf = Some(p.value()?.parse_with(opts::parse_size_usize)?),
             Short('h') | Long("help") => opts::exit_help(HELP),
             _ => return Err(arg.unexpected()),
         }

@@ -30,6 +30,9 @@ const FLUSH_AT: usize = 64 * 1024;
 /// it (nats-server's longest stall of a fast producer).
 const STALL_MAX: Duration = Duration::from_secs(1);
 
+/// The tag of the `--stats` timer (the broker's only timer).
+const STATS_TIMER: u64 = 1;
+
 /// The rest of the status message to a requester whose request reached nobody, after
 /// `HMSG <reply> <sid> `: header and total sizes, the header block (`NATS/1.0 503` and
 /// an empty line), and the CRLF after the empty payload.
@@ -64,6 +67,11 @@ pub struct Config {
     /// `ReactorConfig::quiet_coalescing`: while only pings and pongs flow, wake at most
     /// once per this long (`None`: off, the default).
     pub quiet_coalescing: Option<Duration>,
+    /// Print a line of counters to stderr this often (`Server::print_stats`).
+    pub stats: Option<Duration>,
+    /// `SO_SNDBUF` of client sockets (default: the kernel's, which autotunes up to
+    /// `net.ipv4.tcp_wmem`'s 4 MiB before a client's own pending bytes grow).
+    pub sndbuf: Option<usize>,
 }
 
 impl Default for Config {
@@ -78,6 +86,8 @@ impl Default for Config {
             write_deadline: Duration::from_secs(10),
             copy_below: 1024,
             quiet_coalescing: None,
+            stats: None,
+            sndbuf: None,
         }
     }
 }
@@ -172,6 +182,10 @@ pub struct Server {
     fresh_hold: bool,
     /// Picks the queue-group member that gets a message.
     rng: Rng,
+    /// Clients cut as slow consumers (by the broker's count or the reactor's limits).
+    slow_consumers: u64,
+    /// Times a publisher was held back by a subscriber over half its max_pending.
+    holds: u64,
 }
 
 impl Server {
@@ -203,6 +217,10 @@ impl Server {
             // A publisher held back (reading paused) that sends its last messages and
             // closes: its FIN waits behind them instead of ending the connection at once.
             .half_close(true);
+        let conn = match cfg.sndbuf {
+            Some(n) => conn.send_buffer(n),
+            None => conn,
+        };
         let listener = reactor.listen(cfg.addr, conn)?;
         let local = reactor.local_addr(listener)?;
         let seed = std::time::SystemTime::now()
@@ -224,6 +242,8 @@ impl Server {
             hold: None,
             fresh_hold: false,
             rng: Rng::new(seed),
+            slow_consumers: 0,
+            holds: 0,
         })
     }
 
@@ -235,6 +255,9 @@ impl Server {
     /// Serve forever.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Vec::with_capacity(1024);
+        if let Some(every) = self.cfg.stats {
+            self.reactor.set_timer(every, STATS_TIMER);
+        }
         loop {
             // The poll writes what was queued before it sleeps (and, woken by a writable
             // socket, writes more): then the held-back publishers are looked at again.
@@ -352,7 +375,44 @@ impl Server {
                 }
             }
             Event::Disconnected { conn, cause } => self.disconnected(conn, cause),
+            Event::Timer {
+                tag: STATS_TIMER, ..
+            } => self.print_stats(),
             _ => {}
+        }
+    }
+
+    /// `--stats`: one line of the broker's and the reactor's counters to stderr, and the
+    /// timer for the next. `longest turn` is `Stats::longest_turn_us`: the longest time
+    /// every other client waited on one turn's work.
+    fn print_stats(&mut self) {
+        let s = self.reactor.stats();
+        let d = s.disconnects;
+        eprintln!(
+            "stats: clients {} subs {} slow consumers {} holds {} held {} accepted {} read {} \
+             B written {} B queued {} B (peak {}) turns {} longest turn {} us disconnects {} \
+             (reset {}, peer closed {}, slow peer {}, protocol {}, heartbeat {})",
+            self.clients.len(),
+            self.subs.len(),
+            self.slow_consumers,
+            self.holds,
+            self.held.len(),
+            s.accepted,
+            s.bytes_read,
+            s.bytes_written,
+            s.bytes_queued,
+            s.bytes_queued_peak,
+            s.turns,
+            s.longest_turn_us,
+            d.total(),
+            d.reset,
+            d.peer_closed,
+            d.slow_peer,
+            d.protocol,
+            d.heartbeat_timeout,
+        );
+        if let Some(every) = self.cfg.stats {
+            self.reactor.set_timer(every, STATS_TIMER);
         }
     }
 
@@ -438,6 +498,7 @@ impl Server {
                 let _ = self.reactor.pause_reading(c.conn);
                 self.held.push((key, c.conn));
                 self.fresh_hold = true;
+                self.holds += 1;
                 break;
             }
         }
@@ -755,6 +816,7 @@ impl Server {
         c.cut = true;
         c.closing = true;
         c.out = BytesMut::new();
+        self.slow_consumers += 1;
         let _ = self.reactor.abort(c.conn);
     }
 
@@ -869,6 +931,7 @@ impl Server {
         match cause {
             _ if c.cut => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
             Cause::SlowPeer { .. } => {
+                self.slow_consumers += 1;
                 log::info!(
                     "{conn} ({}, {:?}) slow consumer, closed: {cause}",
                     c.peer,
