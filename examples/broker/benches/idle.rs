@@ -321,11 +321,9 @@ fn idle_client(addr: &str, n: usize) {
                     open += 1;
                     let _ = r.send(conn, connect.clone());
                 }
-                Event::Data { conn, bytes } => {
-                    if bytes.starts_with(b"PING") {
-                        pongs += 1;
-                        let _ = r.send(conn, pong.clone());
-                    }
+                Event::Data { conn, bytes } if bytes.starts_with(b"PING") => {
+                    pongs += 1;
+                    let _ = r.send(conn, pong.clone());
                 }
                 Event::Disconnected { .. } => {
                     if pending > 0 && open < started {
