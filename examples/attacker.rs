@@ -62,6 +62,7 @@ struct Opts {
     drip_prefill: usize,
     rcvbuf: usize,
     nice: i32,
+    cpu: Option<usize>,
 }
 
 impl Opts {
@@ -524,6 +525,14 @@ mod opts;
 
 fn main() {
     let o = parse_args().unwrap_or_else(|e| opts::exit_usage("attacker", e));
+    if let Some(cpu) = o.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            eprintln!("attacker: cannot run on CPU {cpu}: {e}");
+            std::process::exit(1);
+        }
+    }
     if o.nice != 0 {
         // SAFETY: setpriority has no memory effects; this process is one thread.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, o.nice) } != 0 {
@@ -659,6 +668,8 @@ options:
   --drip-prefill SIZE       bytes each writes at once first (default 0)
   --rcvbuf SIZE             receive buffer of the connections that never read (default 4KiB)
   --nice N                  the process's nice value (default 0)
+  --cpu N                   run on CPU N only (as attackers on another machine would not
+                            share the server's CPUs; default: anywhere)
   -h, --help                print this help
 
 Exits 1 if an echo checked by the byte-at-a-time peers differs, 2 on bad options.
@@ -686,6 +697,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
         drip_prefill: 0,
         rcvbuf: 4096,
         nice: 0,
+        cpu: None,
     };
     let size = opts::parse_size_usize;
     let mut p = lexopt::Parser::from_env();
@@ -729,6 +741,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
             Long("drip-prefill") => o.drip_prefill = p.value()?.parse_with(size)?,
             Long("rcvbuf") => o.rcvbuf = p.value()?.parse_with(size)?,
             Long("nice") => o.nice = p.value()?.parse()?,
+            Long("cpu") => o.cpu = Some(p.value()?.parse()?),
             Short('h') | Long("help") => opts::exit_help(HELP),
             _ => return Err(arg.unexpected()),
         }
