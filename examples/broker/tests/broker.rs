@@ -1275,7 +1275,15 @@ fn parse_pieces(
     cuts: &[usize],
     max_payload: usize,
 ) -> (Vec<parser::Op>, Option<parser::ParseError>) {
-    let mut p = parser::Parser::new(max_payload);
+    parse_pieces_with(parser::Parser::new(max_payload), input, cuts)
+}
+
+/// The same with a given parser (the leaf dialect: `Parser::leaf`).
+fn parse_pieces_with(
+    mut p: parser::Parser,
+    input: &[u8],
+    cuts: &[usize],
+) -> (Vec<parser::Op>, Option<parser::ParseError>) {
     let mut ops = Vec::new();
     let mut at = 0;
     let mut cuts = cuts.iter().copied();
@@ -1306,6 +1314,46 @@ fn subject() -> impl Strategy<Value = String> {
 }
 
 /// One valid operation on the wire, with the case of its name scrambled.
+/// One operation a hub sends its leaf, well formed.
+fn leaf_wire_op() -> impl Strategy<Value = Vec<u8>> {
+    let queues = proptest::collection::vec(token(), 0..3);
+    prop_oneof![
+        (subject(), proptest::option::of((token(), 1u32..5))).prop_map(|(s, q)| match q {
+            Some((q, w)) => format!("LS+ {s} {q} {w}\r\n").into_bytes(),
+            None => format!("LS+ {s}\r\n").into_bytes(),
+        }),
+        (subject(), proptest::option::of(token())).prop_map(|(s, q)| format!(
+            "LS- {s} {}\r\n",
+            q.unwrap_or_default()
+        )
+        .into_bytes()),
+        (
+            subject(),
+            proptest::option::of(subject()),
+            queues,
+            "[a-z]{0,20}",
+            any::<bool>()
+        )
+            .prop_map(|(s, r, qs, body, headers)| {
+                let mid = match (r, qs.is_empty()) {
+                    (Some(r), true) => format!("{r} "),
+                    (Some(r), false) => format!("+ {r} {} ", qs.join(" ")),
+                    (None, false) => format!("| {} ", qs.join(" ")),
+                    (None, true) => String::new(),
+                };
+                if headers {
+                    let h = "NATS/1.0\r\n\r\n";
+                    let total = h.len() + body.len();
+                    format!("HMSG {s} {mid}{} {total}\r\n{h}{body}\r\n", h.len()).into_bytes()
+                } else {
+                    format!("LMSG {s} {mid}{}\r\n{body}\r\n", body.len()).into_bytes()
+                }
+            }),
+        Just(b"PING\r\n".to_vec()),
+        Just(b"INFO {}\r\n".to_vec()),
+    ]
+}
+
 fn wire_op() -> impl Strategy<Value = Vec<u8>> {
     let payload = proptest::collection::vec(any::<u8>(), 0..200);
     prop_oneof![
@@ -1375,6 +1423,21 @@ proptest! {
         input.extend_from_slice(&junk);
         let whole = parse_pieces(&input, &[], max_payload);
         let split = parse_pieces(&input, &cuts, max_payload);
+        prop_assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn leaf_dialect_never_panics_and_split_makes_no_difference(
+        prefix in proptest::collection::vec(leaf_wire_op(), 0..6),
+        junk in proptest::collection::vec(any::<u8>(), 0..300),
+        cuts in proptest::collection::vec(1usize..40, 0..100),
+        max_payload in 0usize..300,
+    ) {
+        let mut input = prefix.concat();
+        input.extend_from_slice(&junk);
+        let leaf = || parser::Parser::leaf(max_payload);
+        let whole = parse_pieces_with(leaf(), &input, &[]);
+        let split = parse_pieces_with(leaf(), &input, &cuts);
         prop_assert_eq!(split, whole);
     }
 
