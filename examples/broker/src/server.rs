@@ -759,7 +759,7 @@ impl Server {
             c.subs.remove(&sub.sid);
             c.subs_changed = true;
         }
-        self.change_interest(sub.key, |c| c.clients -= 1);
+        self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
     }
 
     /// Change the count of subscriptions on `key` and tell the neighbours what they must
@@ -816,7 +816,7 @@ impl Server {
             if leaf {
                 c.leaf = weight;
             } else {
-                c.peers = c.peers - old + weight;
+                c.peers = c.peers.saturating_sub(old).saturating_add(weight);
             }
         });
     }
@@ -1297,7 +1297,7 @@ impl Server {
             if let Some((moved, loc)) = self.index.remove(sub.loc) {
                 self.subs[moved].loc = loc;
             }
-            self.change_interest(sub.key, |c| c.clients -= 1);
+            self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
         }
         match cause {
             _ if c.cut => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),

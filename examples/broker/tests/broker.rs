@@ -1,7 +1,10 @@
 //! The broker example (`examples/broker/`): a real NATS client library against it, the
 //! protocol over raw sockets (compared by hand with nats-server 2.9.10), liveness (stale
 //! connections), slow consumers, memory within `max_pending` and fan-in that does not cut
-//! a subscriber that keeps up, queue groups at scale, and a fuzz of its parser.
+//! a subscriber that keeps up, queue groups at scale, and a fuzz of its parser (both
+//! dialects). Every test that starts a broker runs twice, with one reactor and with two
+//! (`each_threads!`); the last section places clients on given reactors to check what
+//! crosses between them.
 //!
 //! The broker runs as a child process (`--addr 127.0.0.1:0`; the port is read from its
 //! startup line). Its parser and subject index are compiled in here too (`#[path]`), so

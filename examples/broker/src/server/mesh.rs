@@ -10,11 +10,14 @@
 //!
 //! A peer whose inbox is full (its thread is not keeping up) does not stall this one:
 //! the batch stays here and is offered again after [`RETRY`], later ones joining it in
-//! order. While the messages waiting for one peer exceed `max_pending` bytes (the limit
-//! of one slow client), further messages for it are dropped and counted (a warning is
-//! logged at 1, 2, 4, 8... drops), as nats-server drops what it cannot deliver to a slow
-//! consumer; interest changes and barriers are never dropped (their number is bounded by
-//! the subscriptions), so the subject space stays exact.
+//! order. Payload bytes on their way to a peer (waiting here, or sent and not yet
+//! processed there: a gauge shared by the two) are bounded by [`MIN_BACKLOG`] or
+//! `max_pending` (the limit of one slow client), whichever is larger: beyond it further
+//! messages for that peer are dropped and counted (a
+//! warning is logged at 1, 2, 4, 8... drops), as nats-server drops what it cannot deliver
+//! to a slow consumer; interest changes and barriers are never dropped (their number is
+//! bounded by the subscriptions), so the subject space stays exact. A peer's inbox is
+//! thus bounded in batches (`INBOX_CAPACITY`) and in payload bytes.
 //!
 //! Fan-in flow control works across reactors as it does on one (see `Server::hold_back`):
 //! a message from a peer carries its publisher (client key and connection); when its
@@ -32,6 +35,8 @@
 //! inbox, and the peer answers it at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +50,11 @@ pub const INBOX_CAPACITY: usize = 4096;
 /// How soon a batch refused by a full inbox is offered again.
 pub const RETRY: Duration = Duration::from_millis(1);
 
+/// The least bound on payload bytes on their way to one peer. Above `max_pending`: a
+/// peer that stalls its mail for a subscriber over half its `max_pending` (see above)
+/// lets what its publishers sent before the hold reached them pile up meanwhile.
+pub const MIN_BACKLOG: usize = 64 << 20;
+
 /// Batches taken from the inbox per turn (more announce themselves again).
 const DRAIN_MAX: usize = 256;
 
@@ -53,6 +63,9 @@ const DRAIN_MAX: usize = 256;
 pub struct Batch {
     from: usize,
     mails: Vec<Mail>,
+    /// Payload bytes of its messages, taken off `gauge` once processed.
+    bytes: usize,
+    gauge: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -100,6 +113,8 @@ struct Peer {
     out: Vec<Mail>,
     /// Payload bytes of the messages in `out`.
     bytes: usize,
+    /// Payload bytes sent to it and not yet processed there.
+    in_flight: Arc<AtomicUsize>,
     /// Messages dropped since the start (see the module docs).
     dropped: u64,
 }
@@ -119,8 +134,9 @@ pub struct Mesh {
     barriers: HashMap<u64, (usize, ConnId, usize)>,
     next_barrier: u64,
     drained: Vec<Batch>,
-    /// Mail taken from the inbox and not yet processed, in order.
-    work: VecDeque<(usize, std::vec::IntoIter<Mail>)>,
+    /// Mail taken from the inbox and not yet processed, in order: (sender, mails, and
+    /// the batch's bytes and gauge).
+    work: VecDeque<(usize, std::vec::IntoIter<Mail>, usize, Arc<AtomicUsize>)>,
     /// Mail processing stopped for this subscriber (key, connection) over half its
     /// `max_pending`, and the publisher held for it (peer, key, connection).
     stall: Option<(Held, Option<Remote>)>,
@@ -156,6 +172,7 @@ impl Mesh {
                     tx,
                     out: Vec::new(),
                     bytes: 0,
+                    in_flight: Arc::new(AtomicUsize::new(0)),
                     dropped: 0,
                 })
             })
@@ -164,7 +181,7 @@ impl Mesh {
             index,
             inbox,
             peers,
-            max_backlog,
+            max_backlog: max_backlog.max(MIN_BACKLOG),
             backlog: false,
             barriers: HashMap::new(),
             next_barrier: 0,
@@ -211,7 +228,7 @@ impl Mesh {
         let Some(Some(p)) = self.peers.get_mut(to) else {
             return;
         };
-        if p.bytes > max {
+        if p.bytes + p.in_flight.load(Ordering::Relaxed) > max {
             p.dropped += 1;
             if p.dropped.is_power_of_two() {
                 log::warn!(
@@ -255,11 +272,15 @@ impl Mesh {
             let batch = Batch {
                 from,
                 mails: std::mem::take(&mut p.out),
+                bytes: p.bytes,
+                gauge: Arc::clone(&p.in_flight),
             };
+            p.in_flight.fetch_add(p.bytes, Ordering::Relaxed);
             match p.tx.try_send(batch) {
                 Ok(()) => p.bytes = 0,
                 Err(TrySendError::Closed(_)) => p.bytes = 0, // the process is ending
                 Err(e) => {
+                    p.in_flight.fetch_sub(p.bytes, Ordering::Relaxed);
                     p.out = e.into_inner().mails;
                     backlog = true;
                 }
@@ -279,13 +300,16 @@ impl Server {
         let mut batches = std::mem::take(&mut self.mesh.drained);
         self.mesh.inbox.drain(&mut batches, DRAIN_MAX);
         for b in batches.drain(..) {
-            self.mesh.work.push_back((b.from, b.mails.into_iter()));
+            let work = (b.from, b.mails.into_iter(), b.bytes, b.gauge);
+            self.mesh.work.push_back(work);
         }
         self.mesh.drained = batches;
-        while let Some((from, mails)) = self.mesh.work.front_mut() {
+        while let Some((from, mails, _, _)) = self.mesh.work.front_mut() {
             let from = *from;
             let Some(mail) = mails.next() else {
-                self.mesh.work.pop_front();
+                if let Some((_, _, bytes, gauge)) = self.mesh.work.pop_front() {
+                    gauge.fetch_sub(bytes, Ordering::Relaxed);
+                }
                 continue;
             };
             self.mail(from, mail);
