@@ -503,8 +503,13 @@ impl Parser {
                 })),
                 _ => Err(ParseError::Malformed("UNSUB arguments")),
             },
-            Name::Ping | Name::Pong | Name::Ok => Ok(Some(Op::Ok)), // handled above
-            Name::LsAdd | Name::LsDel | Name::LMsg | Name::HMsg => Ok(None), // leaf_line
+            Name::Ping
+            | Name::Pong
+            | Name::Ok
+            | Name::LsAdd
+            | Name::LsDel
+            | Name::LMsg
+            | Name::HMsg => unreachable!("handled above"),
         }
     }
 

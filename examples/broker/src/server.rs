@@ -961,7 +961,8 @@ impl Server {
         }
         // Group names: a linear search among a few, a hash lookup among many.
         let named = Names::new(queues.iter());
-        let local = Names::new(m.groups().map(|g| g.0));
+        // Only needed to tell the neighbours' groups that have no local members.
+        let local = Names::new(m.groups().map(|g| g.0).filter(|_| remote));
         let far_groups: HashMap<&Bytes, &[usize]> = if remote && nm.groups().nth(4).is_some() {
             nm.groups().collect()
         } else {

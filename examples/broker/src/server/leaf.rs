@@ -18,6 +18,9 @@
 //! When it ends, for whatever cause (logged at info level with it), the hub's interest is
 //! dropped and the link is solicited again after a backoff (100 ms, doubling to 5 s).
 //!
+//! Messages from the hub are read with the broker's `--max-payload`: keep it at least the
+//! hub's `max_payload` (both default to 1 MB), or a larger message ends the link.
+//!
 //! Not covered: TLS, credentials (user/password, token, nkey, JWT), accounts other than
 //! the hub's default one, JetStream domains, loop detection (`$LDS`), and the hub's
 //! `leafnode_urls` (only the one address given is solicited).
