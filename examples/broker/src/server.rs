@@ -245,8 +245,8 @@ struct Nbr {
     subs: HashMap<Interest, usize>,
 }
 
-/// A message for one neighbour: whether it has plain interest, and the queue groups it
-/// was picked for.
+/// A message for one neighbour, and the queue groups it was picked for (none: it goes
+/// for the neighbour's plain interest only).
 #[derive(Debug, Default)]
 struct Target {
     nbr: usize,
@@ -313,8 +313,12 @@ pub fn bind_all(cfg: &Config) -> io::Result<(Vec<Server>, SocketAddr)> {
     let members = heartloop::mesh::<Batch>(n, reactor_config(), mesh::INBOX_CAPACITY, MESH_TAG)?;
     let mut addr = cfg.addr;
     let mut servers = Vec::with_capacity(n);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (std::process::id() as u64) << 32;
     for m in members {
-        let s = Server::bind_member(cfg.clone(), addr, m)?;
+        let s = Server::bind_member(cfg.clone(), addr, m, seed)?;
         // The others join the first one's port (it may have been picked: port 0).
         addr = s.local;
         servers.push(s);
@@ -326,7 +330,14 @@ pub fn bind_all(cfg: &Config) -> io::Result<(Vec<Server>, SocketAddr)> {
 const MESH_TAG: u64 = 1;
 
 impl Server {
-    fn bind_member(cfg: Config, addr: SocketAddr, m: Member<Batch>) -> io::Result<Server> {
+    /// Reactor `m.index` of the broker, listening on `addr`; `seed` makes the server id
+    /// (one for all reactors) and, with the index, the reactor's random choices.
+    fn bind_member(
+        cfg: Config,
+        addr: SocketAddr,
+        m: Member<Batch>,
+        seed: u64,
+    ) -> io::Result<Server> {
         let Member {
             index,
             mut reactor,
@@ -355,11 +366,6 @@ impl Server {
         let opts = ListenOptions::default().reuse_port(cfg.threads > 1);
         let listener = reactor.listen_with(addr, opts, conn)?;
         let local = reactor.local_addr(listener)?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ (std::process::id() as u64) << 32
-            ^ (index as u64) << 56;
         let nreactors = peers.len();
         let leaf = match (&cfg.leaf, index) {
             (Some(url), 0) => Some(leaf::Leaf::new(url, nreactors, cfg.max_payload)?),
@@ -370,6 +376,7 @@ impl Server {
             me: index,
             nreactors,
             local,
+            // One id for the whole broker: the reactors are one server to the clients.
             server_id: format!("NHEARTLOOP{:016X}", seed),
             clients: Slab::new(),
             by_conn: HashMap::new(),
@@ -380,7 +387,7 @@ impl Server {
             held: Vec::new(),
             hold: None,
             fresh_hold: false,
-            rng: Rng::new(seed),
+            rng: Rng::new(seed ^ (index as u64) << 56),
             remote_origin: false,
             interest: HashMap::new(),
             nsubs: Slab::new(),
