@@ -1,6 +1,6 @@
 //! `cargo run --release -p heartloop-broker -- --addr 127.0.0.1:4222`
 //!
-//! A NATS-protocol message broker on one heartloop reactor: real NATS clients
+//! A NATS-protocol message broker on heartloop reactors, one per core: real NATS clients
 //! (`async-nats`, `nats.go`, the `nats` CLI) can connect, publish, subscribe with `*` and
 //! `>` wildcards and queue groups, make requests, and use headers.
 //!
@@ -29,6 +29,14 @@
 //! or `2m`; SIZE is bytes with an optional `KB`/`MB`/`GB` (powers of 1024), as in
 //! `examples/common/opts.rs`. `--help` lists them.
 //!
+//! Scaling: `--threads N` (default: the number of cores) runs N reactors on N threads,
+//! sharing the port (`SO_REUSEPORT`: the kernel spreads the clients); a publish reaches
+//! the subscribers of every reactor (see `server.rs`). `--leaf nats://HOST:PORT` makes the
+//! broker a leaf node of a nats-server (its `leafnodes` port): the local clients and the
+//! hub's share one subject space (see `server/leaf.rs` for what of the protocol is
+//! covered); `--leaf-ping DUR` (5s) pings the hub, and the link is lost after three
+//! times that in silence, then solicited again with a backoff.
+//!
 //! Prints one line, `broker listening on ADDR ...`, to stdout. Per-connection events are
 //! logged at debug level: `RUST_LOG=debug`.
 
@@ -40,10 +48,10 @@ mod parser;
 mod server;
 mod subjects;
 
-use server::{Config, Server};
+use server::Config;
 
 const HELP: &str = "\
-broker: a NATS-protocol broker on one heartloop reactor (defaults are nats-server's)
+broker: a NATS-protocol broker on heartloop reactors (defaults are nats-server's)
 
 usage: broker [OPTIONS]
 
@@ -61,6 +69,11 @@ options:
                            (heartloop's ReactorConfig::quiet_coalescing; default off)
   --stats DUR              every DUR, print a line of counters to stderr (default: never)
   --sndbuf SIZE            SO_SNDBUF of client sockets (default: the kernel's)
+  --threads N              reactors (threads) sharing the port (default: the cores)
+  --leaf URL               be a leaf node of the nats-server whose leafnode port is
+                           nats://HOST:PORT
+  --leaf-ping DUR          PING the hub after this long without traffic; the link is
+                           lost after three times this in silence (default 5s)
   -h, --help               print this help
 
 DUR is a duration such as 250ms, 10s or 2m; SIZE is bytes with an optional unit, such
@@ -69,7 +82,10 @@ as 4096, 64KB or 1MB (powers of 1024). RUST_LOG=debug logs every connection.
 
 fn parse_args() -> Result<Config, lexopt::Error> {
     use lexopt::prelude::*;
-    let mut cfg = Config::default();
+    let mut cfg = Config {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Config::default()
+    };
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
         match arg {
@@ -96,12 +112,18 @@ fn parse_args() -> Result<Config, lexopt::Error> {
                     Some(p.value()?.parse_with(opts::parse_duration)?).filter(|d| !d.is_zero())
             }
             Long("sndbuf") => cfg.sndbuf = Some(p.value()?.parse_with(opts::parse_size_usize)?),
+            Long("threads") => cfg.threads = p.value()?.parse()?,
+            Long("leaf") => cfg.leaf = Some(p.value()?.string()?),
+            Long("leaf-ping") => cfg.leaf_ping = p.value()?.parse_with(opts::parse_duration)?,
             Short('h') | Long("help") => opts::exit_help(HELP),
             _ => return Err(arg.unexpected()),
         }
     }
-    if cfg.ping_interval.is_zero() || cfg.write_deadline.is_zero() {
-        return Err("--ping-interval and --write-deadline must be above zero".into());
+    if cfg.ping_interval.is_zero() || cfg.write_deadline.is_zero() || cfg.leaf_ping.is_zero() {
+        return Err("--ping-interval, --write-deadline and --leaf-ping must be above zero".into());
+    }
+    if cfg.threads == 0 || cfg.threads > 1024 {
+        return Err("--threads must be 1 to 1024".into());
     }
     Ok(cfg)
 }
@@ -109,16 +131,35 @@ fn parse_args() -> Result<Config, lexopt::Error> {
 fn main() -> std::io::Result<()> {
     let cfg = parse_args().unwrap_or_else(|e| opts::exit_usage("broker", e));
     logger::init("info");
-    let mut server = Server::bind(cfg)?;
+    let (servers, addr) = server::bind_all(&cfg)?;
     println!(
-        "broker listening on {} (ping every {:?}, stale after {} unanswered, max_payload {}, \
-         max_pending {}, write_deadline {:?})",
-        server.local_addr(),
+        "broker listening on {} ({} reactors, ping every {:?}, stale after {} unanswered, \
+         max_payload {}, max_pending {}, write_deadline {:?}{})",
+        addr,
+        servers.len(),
         cfg.ping_interval,
         cfg.ping_max,
         cfg.max_payload,
         cfg.max_pending,
-        cfg.write_deadline
+        cfg.write_deadline,
+        cfg.leaf
+            .as_ref()
+            .map_or(String::new(), |l| format!(", leaf of {l}"))
     );
-    server.run()
+    // A reactor's loop ends only with an error (or a panic): the broker ends with it.
+    let (tx, ended) = std::sync::mpsc::channel();
+    for (i, mut s) in servers.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("reactor-{i}"))
+            .spawn(move || {
+                let res = s.run();
+                let _ = tx.send(res);
+            })?;
+    }
+    drop(tx);
+    match ended.recv() {
+        Ok(res) => res,
+        Err(_) => Err(std::io::Error::other("a reactor thread panicked")),
+    }
 }

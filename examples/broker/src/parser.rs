@@ -1,4 +1,5 @@
-//! The NATS client protocol (client to server), as a sans-IO parser.
+//! The NATS client protocol (client to server), and the leaf-node protocol (hub to leaf),
+//! as a sans-IO parser.
 //!
 //! Bytes go in with [`Parser::push`] in whatever pieces the network delivers (whole
 //! reads, halves of a control line, one byte at a time); complete operations come out of
@@ -17,6 +18,11 @@
 //!   when the client has not declared headers support: see [`Parser::allow_headers`].
 //! * Memory per connection: nothing while idle; an incomplete control line (at most
 //!   [`MAX_CONTROL_LINE`] bytes) or an incomplete payload (at most `max_payload`).
+//! * [`Parser::leaf`] reads what a nats-server hub sends its leaf node instead: `INFO`,
+//!   `PING`/`PONG`, `+OK`/`-ERR`, interest (`LS+ subject [queue weight]`, `LS- subject
+//!   [queue]`) and messages (`LMSG`/`HMSG subject [reply | + reply queue... | | queue...]
+//!   [header_len] len`, the queue groups the hub chose this leaf for). Client operations
+//!   are unknown operations there, and leaf operations are unknown to a client parser.
 
 use std::fmt;
 
@@ -78,6 +84,34 @@ pub enum Op {
     Err(Bytes),
     /// `INFO {json}` (accepted and ignored).
     Info(Bytes),
+    /// Leaf link: `LS+ subject [queue weight]`, interest of the hub's side. A queue
+    /// interest comes again with its new weight when the number of members changes.
+    LeafSub {
+        /// Subject, possibly with wildcards.
+        subject: Bytes,
+        /// Queue group and its weight (members on the hub's side, at least 1).
+        queue: Option<(Bytes, u32)>,
+    },
+    /// Leaf link: `LS- subject [queue]`, interest gone.
+    LeafUnsub {
+        /// Subject.
+        subject: Bytes,
+        /// Queue group.
+        queue: Option<Bytes>,
+    },
+    /// Leaf link: `LMSG`, or `HMSG` with headers, a message from the hub's side.
+    LeafMsg {
+        /// Subject.
+        subject: Bytes,
+        /// Where replies should go.
+        reply: Option<Bytes>,
+        /// The queue groups the hub picked this leaf for (empty: plain interest only).
+        queues: Vec<Bytes>,
+        /// Length of the header block at the start of `data` (`HMSG`).
+        header_len: Option<usize>,
+        /// Headers, payload and CRLF, as on the wire.
+        data: Bytes,
+    },
 }
 
 /// Input the protocol does not allow. Every variant ends the connection.
@@ -131,7 +165,7 @@ impl fmt::Display for ParseError {
 }
 
 /// What may follow an operation's name.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sep {
     /// At least one space or tab, then arguments.
     Required,
@@ -141,7 +175,7 @@ enum Sep {
     Ignored,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Name {
     Connect,
     Pub,
@@ -153,7 +187,13 @@ enum Name {
     Ok,
     Err,
     Info,
+    LsAdd,
+    LsDel,
+    LMsg,
+    HMsg,
 }
+
+type OpTable = [(&'static [u8], Name, Sep)];
 
 /// The operations a client may send. No name is a prefix of another.
 const OPS: [(&[u8], Name, Sep); 10] = [
@@ -169,14 +209,31 @@ const OPS: [(&[u8], Name, Sep); 10] = [
     (b"INFO", Name::Info, Sep::Optional),
 ];
 
+/// The operations a hub sends its leaf node. No name is a prefix of another.
+const LEAF_OPS: [(&[u8], Name, Sep); 9] = [
+    (b"INFO", Name::Info, Sep::Optional),
+    (b"PING", Name::Ping, Sep::Ignored),
+    (b"PONG", Name::Pong, Sep::Ignored),
+    (b"+OK", Name::Ok, Sep::Ignored),
+    (b"-ERR", Name::Err, Sep::Required),
+    (b"LS+", Name::LsAdd, Sep::Required),
+    (b"LS-", Name::LsDel, Sep::Required),
+    (b"LMSG", Name::LMsg, Sep::Required),
+    (b"HMSG", Name::HMsg, Sep::Required),
+];
+
+/// Most arguments a leaf message line may have (subject, reply marker and reply, sizes,
+/// and the queue groups): beyond it the line is malformed.
+const MAX_LEAF_ARGS: usize = 64;
+
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
 /// Whether `p`, the start of a line whose end has not arrived, can still become a known
 /// operation. nats-server rejects a wrong byte as soon as it sees it; so do we.
-fn prefix_ok(p: &[u8]) -> bool {
-    OPS.iter().any(|&(name, _, sep)| {
+fn prefix_ok(ops: &OpTable, p: &[u8]) -> bool {
+    ops.iter().any(|&(name, _, sep)| {
         let n = name.len();
         if p.len() <= n {
             p.eq_ignore_ascii_case(&name[..p.len()])
@@ -195,6 +252,8 @@ struct Pending {
     header_len: Option<usize>,
     /// Payload length (headers included), without the CRLF.
     size: usize,
+    /// A leaf message (`LMSG`/`HMSG`): the queue groups it is for.
+    leaf: Option<Vec<Bytes>>,
 }
 
 /// The parser of one connection. See the [module docs](self).
@@ -210,6 +269,8 @@ pub struct Parser {
     max_control: usize,
     /// Whether `HPUB` is accepted.
     headers: bool,
+    /// The operations understood: [`OPS`] or [`LEAF_OPS`].
+    ops: &'static OpTable,
     failed: Option<ParseError>,
 }
 
@@ -224,7 +285,17 @@ impl Parser {
             max_payload,
             max_control: MAX_CONTROL_LINE,
             headers: true,
+            ops: &OPS,
             failed: None,
+        }
+    }
+
+    /// A parser of what a hub sends its leaf node (see the [module docs](self)), with
+    /// payloads up to `max_payload` bytes.
+    pub fn leaf(max_payload: usize) -> Parser {
+        Parser {
+            ops: &LEAF_OPS,
+            ..Parser::new(max_payload)
         }
     }
 
@@ -336,7 +407,7 @@ impl Parser {
     }
 
     fn check_partial(&self, p: &[u8]) -> Result<(), ParseError> {
-        if !prefix_ok(p) {
+        if !prefix_ok(self.ops, p) {
             return Err(ParseError::UnknownOp);
         }
         // +2: room for the CRLF still to come.
@@ -353,7 +424,7 @@ impl Parser {
             end -= 1;
         }
         let l = line.slice(..end);
-        let Some(&(name, op, sep)) = OPS.iter().find(|(name, _, sep)| {
+        let Some(&(name, op, sep)) = self.ops.iter().find(|(name, _, sep)| {
             let n = name.len();
             l.len() >= n
                 && l[..n].eq_ignore_ascii_case(name)
@@ -371,6 +442,9 @@ impl Parser {
                 Name::Pong => Op::Pong,
                 _ => Op::Ok,
             }));
+        }
+        if matches!(op, Name::LsAdd | Name::LsDel | Name::LMsg | Name::HMsg) {
+            return self.leaf_line(op, &rest);
         }
         let mut args = [Bytes::new(), Bytes::new(), Bytes::new(), Bytes::new()];
         let nargs = split_args(&rest, &mut args);
@@ -429,7 +503,116 @@ impl Parser {
                 })),
                 _ => Err(ParseError::Malformed("UNSUB arguments")),
             },
-            Name::Ping | Name::Pong | Name::Ok => unreachable!("handled above"),
+            Name::Ping
+            | Name::Pong
+            | Name::Ok
+            | Name::LsAdd
+            | Name::LsDel
+            | Name::LMsg
+            | Name::HMsg => unreachable!("handled above"),
+        }
+    }
+
+    /// The arguments of a leaf operation (see the [module docs](self)).
+    fn leaf_line(&mut self, op: Name, rest: &Bytes) -> Result<Option<Op>, ParseError> {
+        let mut args: Vec<Bytes> = Vec::new();
+        let mut start = None;
+        for (i, &b) in rest.iter().enumerate() {
+            if is_ws(b) {
+                if let Some(st) = start.take() {
+                    args.push(rest.slice(st..i));
+                }
+            } else if start.is_none() {
+                start = Some(i);
+            }
+        }
+        if let Some(st) = start {
+            args.push(rest.slice(st..));
+        }
+        if args.len() > MAX_LEAF_ARGS {
+            return Err(ParseError::Malformed("leaf arguments"));
+        }
+        match op {
+            Name::LsAdd => match args.len() {
+                1 => Ok(Some(Op::LeafSub {
+                    subject: args.swap_remove(0),
+                    queue: None,
+                })),
+                3 => {
+                    let weight = parse_size(&args[2])
+                        .and_then(|w| u32::try_from(w).ok())
+                        .filter(|&w| w > 0)
+                        .ok_or(ParseError::Malformed("LS+ weight"))?;
+                    args.truncate(2);
+                    let queue = args.pop().map(|q| (q, weight));
+                    Ok(Some(Op::LeafSub {
+                        subject: args.swap_remove(0),
+                        queue,
+                    }))
+                }
+                _ => Err(ParseError::Malformed("LS+ arguments")),
+            },
+            Name::LsDel => match args.len() {
+                // nats-server sends `LS- subject queue` for a queue interest; a weight
+                // after it is tolerated.
+                1..=3 => {
+                    args.truncate(2);
+                    let queue = if args.len() == 2 { args.pop() } else { None };
+                    Ok(Some(Op::LeafUnsub {
+                        subject: args.swap_remove(0),
+                        queue,
+                    }))
+                }
+                _ => Err(ParseError::Malformed("LS- arguments")),
+            },
+            _ => {
+                let headers = op == Name::HMsg;
+                let sizes = if headers { 2 } else { 1 };
+                if args.len() < 1 + sizes {
+                    return Err(ParseError::Malformed("LMSG arguments"));
+                }
+                let size =
+                    parse_size(&args[args.len() - 1]).ok_or(ParseError::Malformed("LMSG size"))?;
+                let hdr = if headers {
+                    let h = parse_size(&args[args.len() - 2])
+                        .ok_or(ParseError::Malformed("leaf HMSG header size"))?;
+                    if h > size {
+                        return Err(ParseError::Malformed(
+                            "leaf HMSG header size above total size",
+                        ));
+                    }
+                    Some(h)
+                } else {
+                    None
+                };
+                args.truncate(args.len() - sizes);
+                let mut it = args.into_iter();
+                let subject = it.next().unwrap_or_default();
+                let mid: Vec<Bytes> = it.collect();
+                let (reply, queues) = match mid.as_slice() {
+                    [] => (None, Vec::new()),
+                    [reply] => (Some(reply.clone()), Vec::new()),
+                    [mark, reply, queues @ ..] if &mark[..] == b"+" && !queues.is_empty() => {
+                        (Some(reply.clone()), queues.to_vec())
+                    }
+                    [mark, queues @ ..] if &mark[..] == b"|" => (None, queues.to_vec()),
+                    _ => return Err(ParseError::Malformed("LMSG reply indicator")),
+                };
+                if size > self.max_payload {
+                    return Err(ParseError::PayloadTooLarge {
+                        size,
+                        max: self.max_payload,
+                    });
+                }
+                self.pending = Some(Pending {
+                    subject,
+                    reply,
+                    header_len: hdr,
+                    size,
+                    leaf: Some(queues),
+                });
+                Ok(None)
+            }
         }
     }
 
@@ -451,6 +634,7 @@ impl Parser {
             reply,
             header_len,
             size,
+            leaf: None,
         });
         Ok(None)
     }
@@ -461,6 +645,15 @@ impl Parser {
         if &data[p.size..] != b"\r\n" {
             // nats-server: a payload not followed by CRLF is an unknown operation.
             return Err(ParseError::UnknownOp);
+        }
+        if let Some(queues) = p.leaf {
+            return Ok(Op::LeafMsg {
+                subject: p.subject,
+                reply: p.reply,
+                queues,
+                header_len: p.header_len,
+                data,
+            });
         }
         Ok(match p.header_len {
             None => Op::Pub {
@@ -709,6 +902,115 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn leaf_operations_as_nats_server_2_9_sends_them() {
+        // The forms seen between two nats-server 2.9.10 (see the module docs).
+        let mut p = Parser::leaf(1024);
+        let ops = parse_all(
+            &mut p,
+            b"INFO {\"headers\":true}\r\nLS+ lf.down.*\r\nLS+ lf.q workers 3\r\n\
+              LS- lf.down.*\r\nLS- lf.q workers\r\nLMSG a 2\r\nhi\r\nLMSG a r.1 2\r\nhi\r\n\
+              LMSG a + r.1 g1 g2 2\r\nhi\r\nLMSG a | g1 0\r\n\r\n\
+              HMSG h + r g 12 14\r\nNATS/1.0\r\n\r\nhi\r\nHMSG h 12 12\r\nNATS/1.0\r\n\r\n\r\n\
+              PING\r\nPONG\r\n-ERR 'x'\r\n",
+        )
+        .unwrap();
+        let msg =
+            |subject: &str, reply: Option<&str>, queues: &[&str], hl, data: &str| Op::LeafMsg {
+                subject: b(subject),
+                reply: reply.map(b),
+                queues: queues.iter().map(|q| b(q)).collect(),
+                header_len: hl,
+                data: b(data),
+            };
+        assert_eq!(
+            ops,
+            vec![
+                Op::Info(b("{\"headers\":true}")),
+                Op::LeafSub {
+                    subject: b("lf.down.*"),
+                    queue: None
+                },
+                Op::LeafSub {
+                    subject: b("lf.q"),
+                    queue: Some((b("workers"), 3))
+                },
+                Op::LeafUnsub {
+                    subject: b("lf.down.*"),
+                    queue: None
+                },
+                Op::LeafUnsub {
+                    subject: b("lf.q"),
+                    queue: Some(b("workers"))
+                },
+                msg("a", None, &[], None, "hi\r\n"),
+                msg("a", Some("r.1"), &[], None, "hi\r\n"),
+                msg("a", Some("r.1"), &["g1", "g2"], None, "hi\r\n"),
+                msg("a", None, &["g1"], None, "\r\n"),
+                msg("h", Some("r"), &["g"], Some(12), "NATS/1.0\r\n\r\nhi\r\n"),
+                msg("h", None, &[], Some(12), "NATS/1.0\r\n\r\n\r\n"),
+                Op::Ping,
+                Op::Pong,
+                Op::Err(b("'x'")),
+            ]
+        );
+    }
+
+    #[test]
+    fn leaf_and_client_operations_do_not_mix_and_bad_leaf_lines_are_errors() {
+        for op in [
+            "PUB a 1\r\n",
+            "SUB a 1\r\n",
+            "CONNECT {}\r\n",
+            "HPUB a 0 0\r\n",
+        ] {
+            let mut p = Parser::leaf(1024);
+            assert_eq!(
+                parse_all(&mut p, op.as_bytes()),
+                Err(ParseError::UnknownOp),
+                "{op}"
+            );
+        }
+        for op in ["LS+ a\r\n", "LMSG a 1\r\n", "LS- a\r\n"] {
+            let mut p = Parser::new(1024);
+            assert_eq!(
+                parse_all(&mut p, op.as_bytes()),
+                Err(ParseError::UnknownOp),
+                "{op}"
+            );
+        }
+        let many_queues = format!("LMSG a |{} 0\r\n", " q".repeat(MAX_LEAF_ARGS));
+        for bad in [
+            "LS+ \r\n",
+            "LS+ a q\r\n",
+            "LS+ a q 0\r\n",
+            "LS+ a q x\r\n",
+            "LS+ a q 1 2\r\n",
+            "LS- a q 1 2\r\n",
+            "LMSG a\r\n",
+            "LMSG a x y 2\r\n",
+            "LMSG a + r 2\r\n",
+            "LMSG a r x\r\n",
+            "HMSG a 5 3\r\n",
+            "HMSG a 3\r\n",
+            &many_queues,
+        ] {
+            let mut p = Parser::leaf(1024);
+            assert!(
+                matches!(
+                    parse_all(&mut p, bad.as_bytes()),
+                    Err(ParseError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut p = Parser::leaf(10);
+        assert_eq!(
+            parse_all(&mut p, b"LMSG a | q 11\r\n"),
+            Err(ParseError::PayloadTooLarge { size: 11, max: 10 })
+        );
     }
 
     #[test]

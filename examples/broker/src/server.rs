@@ -1,4 +1,31 @@
-//! The broker: clients, subscriptions, fan-out and liveness, on one heartloop reactor.
+//! The broker: clients, subscriptions, fan-out and liveness, on one heartloop reactor; and
+//! its neighbours, which are told the interest of this reactor's side and sent the
+//! messages that match theirs: the other reactors of the process (`mesh.rs`) and the
+//! link to a NATS hub when this broker is a leaf node (`leaf.rs`).
+//!
+//! # Neighbours
+//!
+//! A neighbour is a subscriber of a kind of its own: it owns subscriptions in `nindex`
+//! (subject, queue group, weight: how many members it stands for), set by what it
+//! announces, and a message that matches them is sent to it once, whatever the number of
+//! its subscribers, with the queue groups it was picked for. This reactor announces its
+//! own side's interest to each neighbour in aggregate: one announcement when the first
+//! subscription on a subject (and queue group) appears, one when the last goes, and for a
+//! queue group its weight whenever that changes. Forwarding follows split horizon: what
+//! a client publishes may go to every neighbour; what a peer reactor sends may go on to
+//! the leaf link (never to another reactor: the sender already did that); what the leaf
+//! link sends may go to the peer reactors (never back to the hub). So the leaf link, on
+//! reactor 0, is a neighbour of every reactor: reactor 0 announces to its peers the
+//! hub's interest with its own clients', and to the hub its peers' interest with its own.
+//!
+//! A queue group gets each message once across the whole subject space: the reactor
+//! where the message comes in picks the member, among its own clients (weight 1 each)
+//! and its neighbours' weights; a message sent to a neighbour names the groups it was
+//! picked for, and a message that came from a neighbour reaches only the groups it
+//! names.
+
+mod leaf;
+mod mesh;
 
 use std::collections::HashMap;
 use std::io;
@@ -7,10 +34,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use heartloop::{
-    Cause, ConnConfig, ConnId, Event, Heartbeat, OutboundConfig, OverflowPolicy, PeerAddr, Reactor,
-    ReactorConfig,
+    Cause, ConnConfig, ConnId, Event, Heartbeat, ListenOptions, Member, OutboundConfig,
+    OverflowPolicy, PeerAddr, Reactor, ReactorConfig,
 };
 use slab::Slab;
+
+pub use mesh::Batch;
 
 use crate::opts::Rng;
 use crate::parser::{Op, ParseError, Parser};
@@ -45,7 +74,7 @@ const NO_RESPONDERS: &[u8] = b"16 16\r\nNATS/1.0 503\r\n\r\n\r\n";
 const OWN_BUFFER_BELOW: usize = 16 * 1024;
 
 /// Settings (see `main.rs` for the flags).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
     pub addr: SocketAddr,
@@ -72,6 +101,13 @@ pub struct Config {
     /// `SO_SNDBUF` of client sockets (default: the kernel's, which autotunes up to
     /// `net.ipv4.tcp_wmem`'s 4 MiB before a client's own pending bytes grow).
     pub sndbuf: Option<usize>,
+    /// Reactors (threads), each with its share of the clients.
+    pub threads: usize,
+    /// A nats-server leafnode port to solicit (`HOST:PORT`), to join its subject space.
+    pub leaf: Option<String>,
+    /// PING the hub after this long without traffic on the leaf link; the link is lost
+    /// after three times this long without a byte from the hub.
+    pub leaf_ping: Duration,
 }
 
 impl Default for Config {
@@ -88,6 +124,9 @@ impl Default for Config {
             quiet_coalescing: None,
             stats: None,
             sndbuf: None,
+            threads: 1,
+            leaf: None,
+            leaf_ping: Duration::from_secs(5),
         }
     }
 }
@@ -141,6 +180,15 @@ struct Client {
     held_by: Option<(usize, ConnId)>,
     /// The peer finished sending: close once its input is processed.
     eof: bool,
+    /// Subscribed or unsubscribed since its last PING: the next PONG waits until the
+    /// other reactors have seen the change (see `mesh.rs`).
+    subs_changed: bool,
+    /// As a publisher: held back by subscribers on other reactors (see `mesh.rs`).
+    remote_holds: u32,
+    /// Barriers (see `mesh.rs`) still out for this client's PINGs.
+    barriers: u32,
+    /// PONGs owed, written once no barrier is out.
+    pongs_owed: u32,
     /// What was written to this client in the current batch of events, handed to the
     /// reactor as one `Bytes` before the loop polls again. Small messages are copied
     /// here: for a 16-byte payload a copy is cheaper than a shared reference, and it
@@ -152,10 +200,71 @@ struct Client {
 struct Sub {
     client: usize,
     sid: Bytes,
+    /// The interest it adds to (see `Server::interest`).
+    key: Interest,
     /// Auto-unsubscribe after this many deliveries (0: never).
     max: u64,
     delivered: u64,
     loc: Loc,
+}
+
+/// A subject and queue group: the unit of interest announced to neighbours.
+type Interest = (Bytes, Option<Bytes>);
+
+/// Subscriptions on one subject and queue group, by where they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Count {
+    /// Of this reactor's clients.
+    clients: u32,
+    /// The hub's weight (leaf link, reactor 0 only).
+    leaf: u32,
+    /// The peer reactors' weights, summed.
+    peers: u32,
+}
+
+impl Count {
+    /// The weight this reactor announces to its peer reactors.
+    fn to_peers(self) -> u32 {
+        self.clients.saturating_add(self.leaf)
+    }
+
+    /// The weight this reactor announces to the hub.
+    fn to_leaf(self) -> u32 {
+        self.clients.saturating_add(self.peers)
+    }
+}
+
+/// Where a message being published came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This reactor's client (key).
+    Client(usize),
+    /// A neighbour (index in `Server::nbrs`).
+    Nbr(usize),
+}
+
+/// A neighbour's subscription (see the module docs).
+#[derive(Debug)]
+struct NSub {
+    nbr: usize,
+    weight: u32,
+    loc: Loc,
+}
+
+/// A neighbour: peer reactor `i` is `nbrs[i]` (this reactor's own slot stays empty), the
+/// leaf link `nbrs[n]`.
+#[derive(Debug, Default)]
+struct Nbr {
+    /// Its subscriptions: interest -> key in `Server::nsubs`.
+    subs: HashMap<Interest, usize>,
+}
+
+/// A message for one neighbour, and the queue groups it was picked for (none: it goes
+/// for the neighbour's plain interest only).
+#[derive(Debug, Default)]
+struct Target {
+    nbr: usize,
+    queues: Vec<Bytes>,
 }
 
 /// The broker.
@@ -163,6 +272,9 @@ struct Sub {
 pub struct Server {
     reactor: Reactor,
     cfg: Config,
+    /// This reactor's position among `nreactors`.
+    me: usize,
+    nreactors: usize,
     local: SocketAddr,
     server_id: String,
     clients: Slab<Client>,
@@ -186,19 +298,75 @@ pub struct Server {
     slow_consumers: u64,
     /// Times a publisher was held back by a subscriber over half its max_pending.
     holds: u64,
+    /// The message being delivered came from a publisher on another reactor that can be
+    /// held back (see `mesh.rs`).
+    remote_origin: bool,
+    /// Interest on this reactor's side, by subject and queue group.
+    interest: HashMap<Interest, Count>,
+    /// Neighbours' subscriptions and their index.
+    nsubs: Slab<NSub>,
+    nindex: Index<usize>,
+    nmatches: Matches<usize>,
+    nbrs: Vec<Nbr>,
+    /// Per publish: the neighbours to send it to.
+    targets: Vec<Target>,
+    /// The other reactors (see `mesh.rs`).
+    mesh: mesh::Mesh,
+    /// The link to a NATS hub (reactor 0 with `--leaf`, see `leaf.rs`).
+    leaf: Option<leaf::Leaf>,
 }
 
+/// The reactors' settings.
+pub fn reactor_config(cfg: &Config) -> ReactorConfig {
+    // A send over the reactor-wide cap must not tear a message in two (header queued,
+    // payload refused): with `Disconnect` the connection ends instead.
+    let rcfg = ReactorConfig::default().total_queued_limit(4 << 30, OverflowPolicy::Disconnect);
+    match cfg.quiet_coalescing {
+        Some(d) => rcfg.quiet_coalescing(d),
+        None => rcfg,
+    }
+}
+
+/// Start `cfg.threads` reactors listening on `cfg.addr` (one port for all: the kernel
+/// spreads the clients with `SO_REUSEPORT`); returns them, ready to [`run`](Server::run)
+/// each on a thread of its own, and the address.
+pub fn bind_all(cfg: &Config) -> io::Result<(Vec<Server>, SocketAddr)> {
+    let n = cfg.threads.max(1);
+    let members = heartloop::mesh::<Batch>(n, reactor_config(cfg), mesh::INBOX_CAPACITY, MESH_TAG)?;
+    let mut addr = cfg.addr;
+    let mut servers = Vec::with_capacity(n);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (std::process::id() as u64) << 32;
+    for m in members {
+        let s = Server::bind_member(cfg.clone(), addr, m, seed)?;
+        // The others join the first one's port (it may have been picked: port 0).
+        addr = s.local;
+        servers.push(s);
+    }
+    Ok((servers, addr))
+}
+
+/// Tag of the mesh inboxes' `Event::Mail`.
+const MESH_TAG: u64 = 1;
+
 impl Server {
-    /// Listen on `cfg.addr`.
-    pub fn bind(cfg: Config) -> io::Result<Server> {
-        // A send over the reactor-wide cap must not tear a message in two (header queued,
-        // payload refused): with `Disconnect` the connection ends instead.
-        let mut rcfg =
-            ReactorConfig::default().total_queued_limit(4 << 30, OverflowPolicy::Disconnect);
-        if let Some(d) = cfg.quiet_coalescing {
-            rcfg = rcfg.quiet_coalescing(d);
-        }
-        let mut reactor = Reactor::new(rcfg)?;
+    /// Reactor `m.index` of the broker, listening on `addr`; `seed` makes the server id
+    /// (one for all reactors) and, with the index, the reactor's random choices.
+    fn bind_member(
+        cfg: Config,
+        addr: SocketAddr,
+        m: Member<Batch>,
+        seed: u64,
+    ) -> io::Result<Server> {
+        let Member {
+            index,
+            mut reactor,
+            inbox,
+            peers,
+            ..
+        } = m;
         let pending = cfg.max_pending.max(1);
         let conn = ConnConfig::default()
             // The ping is ours (PING/PONG); the reactor's timeout is only a backstop for
@@ -221,16 +389,20 @@ impl Server {
             Some(n) => conn.send_buffer(n),
             None => conn,
         };
-        let listener = reactor.listen(cfg.addr, conn)?;
+        let opts = ListenOptions::default().reuse_port(cfg.threads > 1);
+        let listener = reactor.listen_with(addr, opts, conn)?;
         let local = reactor.local_addr(listener)?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ (std::process::id() as u64) << 32;
-        Ok(Server {
+        let nreactors = peers.len();
+        let leaf = match (&cfg.leaf, index) {
+            (Some(url), 0) => Some(leaf::Leaf::new(url, nreactors, cfg.max_payload)?),
+            _ => None,
+        };
+        let mut server = Server {
             reactor,
-            cfg,
+            me: index,
+            nreactors,
             local,
+            // One id for the whole broker: the reactors are one server to the clients.
             server_id: format!("NHEARTLOOP{:016X}", seed),
             clients: Slab::new(),
             by_conn: HashMap::new(),
@@ -241,15 +413,22 @@ impl Server {
             held: Vec::new(),
             hold: None,
             fresh_hold: false,
-            rng: Rng::new(seed),
+            rng: Rng::new(seed ^ (index as u64) << 56),
             slow_consumers: 0,
             holds: 0,
-        })
-    }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
+            remote_origin: false,
+            interest: HashMap::new(),
+            nsubs: Slab::new(),
+            nindex: Index::new(),
+            nmatches: Matches::default(),
+            nbrs: (0..=nreactors).map(|_| Nbr::default()).collect(),
+            targets: Vec::new(),
+            mesh: mesh::Mesh::new(index, inbox, peers, cfg.max_pending),
+            leaf,
+            cfg,
+        };
+        server.leaf_connect();
+        Ok(server)
     }
 
     /// Serve forever.
@@ -261,7 +440,11 @@ impl Server {
         loop {
             // The poll writes what was queued before it sleeps (and, woken by a writable
             // socket, writes more): then the held-back publishers are looked at again.
-            let timeout = self.hold_timeout();
+            let mut timeout = self.hold_timeout();
+            if self.mesh.backlogged() || self.mesh.stalled() {
+                // A peer reactor's inbox was full: try again soon (see `mesh.rs`).
+                timeout = Some(timeout.map_or(mesh::RETRY, |t| t.min(mesh::RETRY)));
+            }
             self.fresh_hold = false;
             self.reactor.poll(&mut events, timeout)?;
             self.release_held();
@@ -305,6 +488,7 @@ impl Server {
     /// Let held-back publishers go on whose subscriber drained to half its max_pending,
     /// went away, or held them for `STALL_MAX`.
     fn release_held(&mut self) {
+        self.mesh_resume();
         if self.held.is_empty() {
             return;
         }
@@ -319,7 +503,7 @@ impl Server {
             self.clients[key].held_by = None;
             self.process(key, true);
             let c = &self.clients[key];
-            if c.held_by.is_none() && !c.closing {
+            if c.held_by.is_none() && !c.closing && c.remote_holds == 0 {
                 if c.eof {
                     self.close(key);
                 } else {
@@ -354,7 +538,18 @@ impl Server {
     }
 
     fn on_event(&mut self, ev: Event) {
+        if let Some(conn) = ev.conn()
+            && self.is_leaf_conn(conn)
+        {
+            self.leaf_event(ev);
+            return;
+        }
         match ev {
+            Event::Mail { tag: MESH_TAG } => self.mesh_mail(),
+            Event::Timer {
+                tag: leaf::RECONNECT_TIMER,
+                ..
+            } => self.leaf_connect(),
             Event::Accepted { conn, peer, .. } => self.accepted(conn, peer),
             Event::Data { conn, bytes } => self.data(conn, bytes),
             Event::PeerHalfClosed { conn } => {
@@ -432,6 +627,10 @@ impl Server {
             over_half_since: None,
             held_by: None,
             eof: false,
+            subs_changed: false,
+            remote_holds: 0,
+            barriers: 0,
+            pongs_owed: 0,
             out: BytesMut::new(),
         });
         // Headers are off until a CONNECT turns them on.
@@ -449,7 +648,8 @@ impl Server {
             "port": self.local.port(),
             "headers": true,
             "max_payload": self.cfg.max_payload,
-            "client_id": conn.serial(),
+            // Unique across the reactors (each numbers its connections from 1).
+            "client_id": conn.serial() * self.nreactors as u64 + self.me as u64,
             "client_ip": peer.tcp().map_or_else(String::new, |a| a.ip().to_string()),
         });
         log::debug!("{conn} accepted from {peer}");
@@ -508,8 +708,10 @@ impl Server {
     fn op(&mut self, key: usize, op: Op) {
         match op {
             Op::Connect(json) => self.connect(key, &json),
-            Op::Ping => self.write(key, b"PONG\r\n"),
+            Op::Ping => self.client_ping(key),
             Op::Pong | Op::Ok | Op::Err(_) | Op::Info(_) => {}
+            // Not produced by a client's parser.
+            Op::LeafSub { .. } | Op::LeafUnsub { .. } | Op::LeafMsg { .. } => {}
             Op::Sub {
                 subject,
                 queue,
@@ -595,14 +797,22 @@ impl Server {
         };
         // Copies: `sid` may be a slice of a large read buffer, and this lives long.
         let sid = Bytes::copy_from_slice(sid);
+        let ikey = (
+            Bytes::copy_from_slice(subject),
+            queue.map(Bytes::copy_from_slice),
+        );
         self.subs.insert(Sub {
             client: key,
             sid: sid.clone(),
+            key: ikey.clone(),
             max: 0,
             delivered: 0,
             loc,
         });
-        self.clients[key].subs.insert(sid, skey);
+        let c = &mut self.clients[key];
+        c.subs.insert(sid, skey);
+        c.subs_changed = true;
+        self.change_interest(ikey, |c| c.clients += 1);
         self.ok(key);
     }
 
@@ -623,6 +833,107 @@ impl Server {
         }
         if let Some(c) = self.clients.get_mut(sub.client) {
             c.subs.remove(&sub.sid);
+            c.subs_changed = true;
+        }
+        self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
+    }
+
+    /// Change the count of subscriptions on `key` and tell the neighbours what they must
+    /// know of it: a subject's interest when it appears or goes, a queue group's weight
+    /// whenever it changes. The leaf link hears the clients' and the peers' interest, the
+    /// peers hear the clients' and the leaf link's.
+    fn change_interest(&mut self, key: Interest, f: impl FnOnce(&mut Count)) {
+        let old = self.interest.get(&key).copied().unwrap_or_default();
+        let mut new = old;
+        f(&mut new);
+        if new == Count::default() {
+            self.interest.remove(&key);
+        } else {
+            self.interest.insert(key.clone(), new);
+        }
+        let tell = |a: u32, b: u32| a != b && (key.1.is_some() || (a == 0) != (b == 0));
+        if tell(old.to_peers(), new.to_peers()) {
+            self.mesh.announce(&key, new.to_peers());
+        }
+        if tell(old.to_leaf(), new.to_leaf()) {
+            self.leaf_announce(&key, new.to_leaf());
+        }
+    }
+
+    /// Neighbour `nbr` announced `weight` for `key` (0: the interest is gone).
+    fn nbr_interest(&mut self, nbr: usize, key: Interest, weight: u32) {
+        let old = match self.nbrs[nbr].subs.get(&key) {
+            Some(&ns) => self.nsubs[ns].weight,
+            None => 0,
+        };
+        if old == weight {
+            return;
+        }
+        if weight == 0 {
+            if let Some(ns) = self.nbrs[nbr].subs.remove(&key) {
+                let sub = self.nsubs.remove(ns);
+                if let Some((moved, loc)) = self.nindex.remove(sub.loc) {
+                    self.nsubs[moved].loc = loc;
+                }
+            }
+        } else if let Some(&ns) = self.nbrs[nbr].subs.get(&key) {
+            self.nsubs[ns].weight = weight;
+        } else {
+            let ns = self.nsubs.vacant_key();
+            let Some(loc) = self.nindex.insert(&key.0, key.1.as_deref(), ns) else {
+                log::debug!("neighbour {nbr}: interest in an invalid subject {key:?} ignored");
+                return;
+            };
+            self.nsubs.insert(NSub { nbr, weight, loc });
+            self.nbrs[nbr].subs.insert(key.clone(), ns);
+        }
+        let leaf = nbr == self.nreactors;
+        self.change_interest(key, |c| {
+            if leaf {
+                c.leaf = weight;
+            } else {
+                c.peers = c.peers.saturating_sub(old).saturating_add(weight);
+            }
+        });
+    }
+
+    /// Every subscription of neighbour `nbr` goes (the leaf link was lost).
+    fn nbr_gone(&mut self, nbr: usize) {
+        let keys: Vec<Interest> = self.nbrs[nbr].subs.keys().cloned().collect();
+        for key in keys {
+            self.nbr_interest(nbr, key, 0);
+        }
+    }
+
+    /// A client's PING. The PONG says its earlier operations took effect, which for a
+    /// subscription includes the other reactors: after a SUB or UNSUB it waits for a
+    /// barrier to come back from every peer reactor (see `mesh.rs`).
+    fn client_ping(&mut self, key: usize) {
+        let c = &mut self.clients[key];
+        if c.subs_changed && self.nreactors > 1 {
+            c.subs_changed = false;
+            c.barriers += 1;
+            let conn = c.conn;
+            self.mesh.barrier(key, conn);
+        }
+        let c = &mut self.clients[key];
+        if c.barriers > 0 {
+            c.pongs_owed += 1;
+        } else {
+            self.write(key, b"PONG\r\n");
+        }
+    }
+
+    /// A barrier for client `key`'s PING came back from every peer reactor.
+    fn barrier_done(&mut self, key: usize, conn: ConnId) {
+        let Some(c) = self.clients.get_mut(key).filter(|c| c.conn == conn) else {
+            return;
+        };
+        c.barriers -= 1;
+        if c.barriers == 0 && !c.closing {
+            for _ in 0..std::mem::take(&mut c.pongs_owed) {
+                self.write(key, b"PONG\r\n");
+            }
         }
     }
 
@@ -642,7 +953,7 @@ impl Server {
         }
         // nats-server acknowledges before it delivers.
         self.ok(key);
-        let delivered = self.publish(Some(key), subject, reply, header_len, data);
+        let delivered = self.publish(Source::Client(key), subject, reply, header_len, data, &[]);
         if let Some(reply) = reply
             && delivered == 0
             && opts.no_responders
@@ -674,43 +985,178 @@ impl Server {
     }
 
     /// Deliver to every matching plain subscription and to one member of each matching
-    /// queue group. `data` is the payload plus CRLF, shared by all. Returns deliveries.
+    /// queue group, among this reactor's clients and its neighbours (see the module docs:
+    /// a message from a neighbour goes to the groups in `queues` only, and on to the
+    /// neighbours split horizon allows). `data` is the payload plus CRLF, shared by all.
+    /// Returns deliveries (a neighbour sent the message counts as one).
     fn publish(
         &mut self,
-        from: Option<usize>,
+        from: Source,
         subject: &[u8],
         reply: Option<&[u8]>,
         header_len: Option<usize>,
         mut data: Bytes,
+        queues: &[Bytes],
     ) -> usize {
         let mut m = std::mem::take(&mut self.matches);
         self.index.match_into(subject, &mut m);
-        if (!m.plain.is_empty() || m.groups().next().is_some())
-            && data.len() >= self.cfg.copy_below
+        let mut nm = std::mem::take(&mut self.nmatches);
+        let remote = !self.nsubs.is_empty();
+        if remote {
+            self.nindex.match_into(subject, &mut nm);
+        }
+        let reaches = |m: &Matches<usize>| !m.plain.is_empty() || m.groups().next().is_some();
+        let to_nbr = remote && reaches(&nm);
+        if (to_nbr || (reaches(&m) && data.len() >= self.cfg.copy_below))
             && data.len() < OWN_BUFFER_BELOW
         {
+            // Shared by subscribers, or sent to another thread: in a buffer of its own.
             data = Bytes::copy_from_slice(&data);
         }
+        let client = match from {
+            Source::Client(k) => Some(k),
+            Source::Nbr(_) => None,
+        };
+        let filtered = matches!(from, Source::Nbr(_));
         let mut delivered = 0;
         for &s in &m.plain {
-            if self.eligible(from, s) {
-                self.deliver(from, s, subject, reply, header_len, &data);
+            if self.eligible(client, s) {
+                self.deliver(client, s, subject, reply, header_len, &data);
                 delivered += 1;
             }
         }
-        for (_, members) in m.groups() {
-            let n = members.len();
-            let start = self.rng.below(n as u64) as usize;
-            if let Some(s) = (0..n)
-                .map(|j| members[(start + j) % n])
-                .find(|&s| self.eligible(from, s))
-            {
-                self.deliver(from, s, subject, reply, header_len, &data);
-                delivered += 1;
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        if remote {
+            for &ns in &nm.plain {
+                let nbr = self.nsubs[ns].nbr;
+                if self.forwards(from, nbr) {
+                    target(&mut targets, nbr, None);
+                }
+            }
+        }
+        // Group names: a linear search among a few, a hash lookup among many.
+        let named = Names::new(queues.iter());
+        // Only needed to tell the neighbours' groups that have no local members.
+        let local = Names::new(m.groups().map(|g| g.0).filter(|_| remote));
+        let far_groups: HashMap<&Bytes, &[usize]> = if remote && nm.groups().nth(4).is_some() {
+            nm.groups().collect()
+        } else {
+            HashMap::new()
+        };
+        for (name, members) in m.groups() {
+            if filtered && !named.has(name) {
+                continue;
+            }
+            let far = if !remote {
+                &[][..]
+            } else if far_groups.is_empty() {
+                nm.groups()
+                    .find(|(n, _)| *n == name)
+                    .map_or(&[][..], |g| g.1)
+            } else {
+                far_groups.get(name).copied().unwrap_or(&[])
+            };
+            match self.pick(from, client, members, far) {
+                Pick::Local(s) => {
+                    self.deliver(client, s, subject, reply, header_len, &data);
+                    delivered += 1;
+                }
+                Pick::Far(nbr) => target(&mut targets, nbr, Some(name)),
+                Pick::Nobody => {}
+            }
+        }
+        if remote {
+            for (name, far) in nm.groups() {
+                if (filtered && !named.has(name)) || local.has(name) {
+                    continue;
+                }
+                if let Pick::Far(nbr) = self.pick(from, client, &[], far) {
+                    target(&mut targets, nbr, Some(name));
+                }
             }
         }
         self.matches = m;
+        self.nmatches = nm;
+        for t in targets.drain(..) {
+            delivered += 1;
+            if t.nbr == self.nreactors {
+                self.leaf_msg(subject, reply, header_len, &data, &t.queues);
+            } else {
+                let origin = client.map(|k| (k, self.clients[k].conn));
+                let m = mesh::Msg {
+                    subject,
+                    reply,
+                    header_len,
+                    data: &data,
+                    origin,
+                };
+                self.mesh.msg(t.nbr, m, t.queues);
+            }
+        }
+        self.targets = targets;
         delivered
+    }
+
+    /// The member of a queue group that gets a message: each of this reactor's `members`
+    /// weighs 1, each subscription in `far` its neighbour's weight (if the message may be
+    /// forwarded there).
+    fn pick(
+        &mut self,
+        from: Source,
+        client: Option<usize>,
+        members: &[usize],
+        far: &[usize],
+    ) -> Pick {
+        let n = members.len();
+        let far_weight: u64 = far
+            .iter()
+            .map(|&ns| &self.nsubs[ns])
+            .filter(|ns| self.forwards(from, ns.nbr))
+            .map(|ns| u64::from(ns.weight))
+            .sum();
+        let total = n as u64 + far_weight;
+        if total == 0 {
+            return Pick::Nobody;
+        }
+        let mut r = self.rng.below(total);
+        if r < n as u64 {
+            let start = r as usize;
+            if let Some(s) = (0..n)
+                .map(|j| members[(start + j) % n])
+                .find(|&s| self.eligible(client, s))
+            {
+                return Pick::Local(s);
+            }
+            if far_weight == 0 {
+                return Pick::Nobody;
+            }
+            r = self.rng.below(far_weight);
+        } else {
+            r -= n as u64;
+        }
+        for &ns in far {
+            let sub = &self.nsubs[ns];
+            if !self.forwards(from, sub.nbr) {
+                continue;
+            }
+            if r < u64::from(sub.weight) {
+                return Pick::Far(sub.nbr);
+            }
+            r -= u64::from(sub.weight);
+        }
+        Pick::Nobody
+    }
+
+    /// Whether a message from `from` may be sent on to neighbour `nbr` (split horizon:
+    /// a peer reactor's messages go on to the leaf link only, the leaf link's to the peer
+    /// reactors only).
+    fn forwards(&self, from: Source, nbr: usize) -> bool {
+        let leaf = self.nreactors;
+        match from {
+            Source::Client(_) => true,
+            Source::Nbr(f) => f != nbr && (f == leaf) != (nbr == leaf),
+        }
     }
 
     fn eligible(&self, from: Option<usize>, s: usize) -> bool {
@@ -790,7 +1236,7 @@ impl Server {
         if pending <= self.cfg.max_pending / 2 {
             // Drained since it was last over half: a new stall may begin later.
             self.clients[ck].over_half_since = None;
-        } else if from.is_some()
+        } else if (from.is_some() || self.remote_origin)
             && self.hold.is_none()
             && !self.clients[ck].closing
             && self.hold_back(ck)
@@ -903,6 +1349,8 @@ impl Server {
             self.flush(key);
         }
         self.dirty = dirty;
+        self.leaf_flush();
+        self.mesh.flush();
     }
 
     /// Flush what is batched, then close gracefully (the reactor flushes, then FIN).
@@ -927,6 +1375,7 @@ impl Server {
             if let Some((moved, loc)) = self.index.remove(sub.loc) {
                 self.subs[moved].loc = loc;
             }
+            self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
         }
         match cause {
             _ if c.cut => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
@@ -940,6 +1389,59 @@ impl Server {
             }
             _ => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
         }
+    }
+}
+
+/// Who gets a queue group's message.
+enum Pick {
+    /// This reactor's subscription.
+    Local(usize),
+    /// A neighbour.
+    Far(usize),
+    Nobody,
+}
+
+/// A set of queue group names: searched linearly while small.
+struct Names<'a> {
+    few: Vec<&'a Bytes>,
+    many: std::collections::HashSet<&'a Bytes>,
+}
+
+impl<'a> Names<'a> {
+    fn new(names: impl Iterator<Item = &'a Bytes>) -> Self {
+        let few: Vec<&Bytes> = names.collect();
+        if few.len() <= 8 {
+            return Names {
+                few,
+                many: Default::default(),
+            };
+        }
+        Names {
+            many: few.into_iter().collect(),
+            few: Vec::new(),
+        }
+    }
+
+    fn has(&self, name: &Bytes) -> bool {
+        self.few.contains(&name) || self.many.contains(name)
+    }
+}
+
+/// Add `queue` (or plain interest: `None`) to what goes to neighbour `nbr` (each group
+/// is added at most once per publish: the groups of a match are distinct).
+fn target(targets: &mut Vec<Target>, nbr: usize, queue: Option<&Bytes>) {
+    let i = match targets.iter().position(|t| t.nbr == nbr) {
+        Some(i) => i,
+        None => {
+            targets.push(Target {
+                nbr,
+                queues: Vec::new(),
+            });
+            targets.len() - 1
+        }
+    };
+    if let Some(q) = queue {
+        targets[i].queues.push(q.clone());
     }
 }
 

@@ -1,7 +1,10 @@
 //! The broker example (`examples/broker/`): a real NATS client library against it, the
 //! protocol over raw sockets (compared by hand with nats-server 2.9.10), liveness (stale
 //! connections), slow consumers, memory within `max_pending` and fan-in that does not cut
-//! a subscriber that keeps up, queue groups at scale, and a fuzz of its parser.
+//! a subscriber that keeps up, queue groups at scale, and a fuzz of its parser (both
+//! dialects). Every test that starts a broker runs twice, with one reactor and with two
+//! (`each_threads!`); the last section places clients on given reactors to check what
+//! crosses between them.
 //!
 //! The broker runs as a child process (`--addr 127.0.0.1:0`; the port is read from its
 //! startup line). Its parser and subject index are compiled in here too (`#[path]`), so
@@ -44,8 +47,48 @@ impl Broker {
     }
 }
 
+thread_local! {
+    /// The `--threads` of the brokers this test thread starts (see `each_threads!`).
+    static THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// Run a test (a function of no arguments that starts its brokers with `broker`) twice:
+/// `NAME::threads_1` with one reactor and `NAME::threads_2` with two, where the clients
+/// the kernel spreads over both reactors must see one broker all the same.
+macro_rules! each_threads {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn threads_1() {
+                super::THREADS.set(1);
+                super::$name()
+            }
+            #[test]
+            fn threads_2() {
+                super::THREADS.set(2);
+                super::$name()
+            }
+        }
+    };
+    (async $name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn threads_1() {
+                super::THREADS.set(1);
+                super::$name().await
+            }
+            #[tokio::test]
+            async fn threads_2() {
+                super::THREADS.set(2);
+                super::$name().await
+            }
+        }
+    };
+}
+
 fn broker(args: &[&str]) -> Broker {
-    let mut all = vec!["--addr", "127.0.0.1:0"];
+    let threads = THREADS.get().to_string();
+    let mut all = vec!["--addr", "127.0.0.1:0", "--threads", &threads];
     all.extend_from_slice(args);
     let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_broker"), &all);
     let rest = proc.expect_line("broker listening on ", Duration::from_secs(60));
@@ -80,7 +123,20 @@ fn command_line_help_lists_every_option_and_bad_ones_exit_2() {
 struct Raw {
     w: TcpStream,
     r: BufReader<TcpStream>,
+    /// The reactor it is on: its INFO's `client_id` modulo the broker's `--threads`.
+    client_id: u64,
 }
+
+/// The `client_id` of an INFO line.
+fn client_id(info: &str) -> u64 {
+    let json = info.trim_start_matches("INFO").trim();
+    let v: serde_json::Value = serde_json::from_str(json).expect("INFO JSON");
+    v["client_id"].as_u64().expect("client_id in INFO")
+}
+
+/// Connections the kernel placed on the wrong reactor are dropped and made again, at
+/// most this many times (each lands on a given one of two reactors with odds about 1/2).
+const PLACEMENT_TRIES: usize = 200;
 
 impl Raw {
     /// Connect and read the INFO line.
@@ -90,10 +146,23 @@ impl Raw {
         w.set_nodelay(true).unwrap();
         w.set_read_timeout(Some(SLOW)).unwrap();
         let r = BufReader::new(w.try_clone().unwrap());
-        let mut raw = Raw { w, r };
+        let mut raw = Raw { w, r, client_id: 0 };
         let info = raw.line();
         assert!(info.starts_with("INFO {"), "first line {info:?}");
+        raw.client_id = client_id(&info);
         raw
+    }
+
+    /// Connect until the connection is on reactor `reactor` of `threads`.
+    #[track_caller]
+    fn connect_on(addr: SocketAddr, reactor: u64, threads: u64) -> Raw {
+        for _ in 0..PLACEMENT_TRIES {
+            let raw = Raw::connect(addr);
+            if raw.client_id % threads == reactor {
+                return raw;
+            }
+        }
+        panic!("no connection landed on reactor {reactor} of {threads}");
     }
 
     fn send(&mut self, b: &[u8]) {
@@ -169,7 +238,7 @@ impl Raw {
 
 // ------------------------------------------------------------------ protocol over raw sockets
 
-#[test]
+each_threads!(raw_protocol_ops_are_case_insensitive_and_verbose_acks_each);
 fn raw_protocol_ops_are_case_insensitive_and_verbose_acks_each() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -195,7 +264,7 @@ fn raw_protocol_ops_are_case_insensitive_and_verbose_acks_each() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_headers_are_stripped_for_a_subscriber_without_headers_and_echo_off_is_honoured);
 fn raw_headers_are_stripped_for_a_subscriber_without_headers_and_echo_off_is_honoured() {
     let b = broker(&[]);
     let mut plain = Raw::connect(b.addr);
@@ -211,7 +280,7 @@ fn raw_headers_are_stripped_for_a_subscriber_without_headers_and_echo_off_is_hon
     assert_eq!(payload, b"hi");
 }
 
-#[test]
+each_threads!(raw_unsub_with_max_delivers_exactly_max);
 fn raw_unsub_with_max_delivers_exactly_max() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -229,7 +298,7 @@ fn raw_unsub_with_max_delivers_exactly_max() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_unknown_operation_gets_err_and_close);
 fn raw_unknown_operation_gets_err_and_close() {
     let b = broker(&[]);
     for bad in [
@@ -251,7 +320,7 @@ fn raw_unknown_operation_gets_err_and_close() {
     c.expect_closed();
 }
 
-#[test]
+each_threads!(raw_payload_over_max_payload_gets_err_and_close);
 fn raw_payload_over_max_payload_gets_err_and_close() {
     let b = broker(&["--max-payload", "1024"]);
     let mut c = Raw::connect(b.addr);
@@ -266,7 +335,7 @@ fn raw_payload_over_max_payload_gets_err_and_close() {
     c.expect_closed();
 }
 
-#[test]
+each_threads!(raw_control_line_over_4096_gets_err_and_close);
 fn raw_control_line_over_4096_gets_err_and_close() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -277,7 +346,7 @@ fn raw_control_line_over_4096_gets_err_and_close() {
     c.expect_closed();
 }
 
-#[test]
+each_threads!(raw_invalid_subject_gets_err_and_stays_open);
 fn raw_invalid_subject_gets_err_and_stays_open() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -292,7 +361,7 @@ fn raw_invalid_subject_gets_err_and_stays_open() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_malformed_arguments_get_parser_error_and_close);
 fn raw_malformed_arguments_get_parser_error_and_close() {
     let b = broker(&[]);
     for bad in [
@@ -310,7 +379,7 @@ fn raw_malformed_arguments_get_parser_error_and_close() {
     }
 }
 
-#[test]
+each_threads!(raw_byte_at_a_time_and_garbage);
 fn raw_byte_at_a_time_and_garbage() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -338,7 +407,7 @@ fn raw_byte_at_a_time_and_garbage() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_subjects_with_empty_tokens_are_delivered_to_nobody);
 fn raw_subjects_with_empty_tokens_are_delivered_to_nobody() {
     // nats-server matches no subscription for a subject with an empty token (wildcards
     // included); only pedantic clients are told (`-ERR 'Invalid Publish Subject'`).
@@ -390,7 +459,7 @@ fn raw_subjects_with_empty_tokens_are_delivered_to_nobody() {
     assert_eq!(sub.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_no_responders_status_goes_to_the_requester_alone);
 fn raw_no_responders_status_goes_to_the_requester_alone() {
     let b = broker(&[]);
     // A bystander subscribed to the requester's reply subject, three ways.
@@ -426,7 +495,7 @@ fn raw_no_responders_status_goes_to_the_requester_alone() {
     assert_eq!(bystander.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_no_responders_without_headers_is_refused);
 fn raw_no_responders_without_headers_is_refused() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -435,7 +504,7 @@ fn raw_no_responders_without_headers_is_refused() {
     c.expect_closed();
 }
 
-#[test]
+each_threads!(raw_hpub_with_an_empty_header_block_is_delivered_as_msg);
 fn raw_hpub_with_an_empty_header_block_is_delivered_as_msg() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -452,7 +521,7 @@ fn raw_hpub_with_an_empty_header_block_is_delivered_as_msg() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_verbose_and_pedantic_default_to_true_as_in_nats_server);
 fn raw_verbose_and_pedantic_default_to_true_as_in_nats_server() {
     let b = broker(&[]);
     let mut c = Raw::connect(b.addr);
@@ -472,7 +541,7 @@ fn raw_verbose_and_pedantic_default_to_true_as_in_nats_server() {
     assert_eq!(c.sync(), Vec::<String>::new());
 }
 
-#[test]
+each_threads!(raw_hpub_from_a_client_without_headers_ends_the_connection);
 fn raw_hpub_from_a_client_without_headers_ends_the_connection() {
     // nats-server 2.9 closes it as a protocol violation, without an -ERR.
     let b = broker(&[]);
@@ -492,7 +561,7 @@ fn raw_hpub_from_a_client_without_headers_ends_the_connection() {
     c.expect_closed();
 }
 
-#[test]
+each_threads!(raw_unsub_with_a_bad_max_unsubscribes_at_once_and_keeps_the_connection);
 fn raw_unsub_with_a_bad_max_unsubscribes_at_once_and_keeps_the_connection() {
     // nats-server reads a max that is not 1 to 9 digits as -1: unsubscribe now.
     let b = broker(&[]);
@@ -510,7 +579,7 @@ fn raw_unsub_with_a_bad_max_unsubscribes_at_once_and_keeps_the_connection() {
 
 // ------------------------------------------------------------------ liveness
 
-#[test]
+each_threads!(silent_client_gets_stale_connection_while_a_responsive_one_stays);
 fn silent_client_gets_stale_connection_while_a_responsive_one_stays() {
     let interval = Duration::from_millis(200);
     let b = broker(&["--ping-interval", "200ms", "--ping-max", "2"]);
@@ -562,7 +631,7 @@ fn silent_client_gets_stale_connection_while_a_responsive_one_stays() {
     assert!(pings >= 3, "the responsive client was pinged {pings} times");
 }
 
-#[test]
+each_threads!(busy_subscriber_is_pinged_too_and_judged_by_its_answers);
 fn busy_subscriber_is_pinged_too_and_judged_by_its_answers() {
     // Messages flow to both subscribers all the time, so the broker never goes an
     // interval without sending to them; the ping logic must run anyway.
@@ -650,6 +719,11 @@ fn busy_subscriber_is_pinged_too_and_judged_by_its_answers() {
 /// sent with a PING, the answer is read up to the PONG (so the SUB is in place), and then
 /// the socket is never read again.
 fn stopped_subscriber(addr: SocketAddr, setup: &[u8]) -> TcpStream {
+    stopped_subscriber_with_id(addr, setup).0
+}
+
+/// `stopped_subscriber`, and its `client_id`.
+fn stopped_subscriber_with_id(addr: SocketAddr, setup: &[u8]) -> (TcpStream, u64) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.set_recv_buffer_size(4096).unwrap();
     s.connect(&addr.into()).unwrap();
@@ -667,7 +741,9 @@ fn stopped_subscriber(addr: SocketAddr, setup: &[u8]) -> TcpStream {
         );
         seen.push(byte[0]);
     }
-    s
+    let text = String::from_utf8_lossy(&seen);
+    let info = text.lines().next().unwrap_or_default();
+    (s, client_id(info))
 }
 
 /// The broker cuts `s`: its socket reports the broker's FIN (or a reset) within `SLOW`
@@ -711,9 +787,34 @@ fn assert_cut(s: TcpStream, what: &str) -> usize {
 /// One publisher, one healthy subscriber that reads everything, one that never reads.
 /// Returns how long after the start the stopped one was cut.
 fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
+    slow_consumer_run_on(b, total, size, None)
+}
+
+/// `slow_consumer_run` with each client on a given reactor of two: `Some((stopped,
+/// healthy and publisher))`.
+fn slow_consumer_run_on(
+    b: &Broker,
+    total: usize,
+    size: usize,
+    place: Option<(u64, u64)>,
+) -> Duration {
     let t0 = Instant::now();
-    let slow = stopped_subscriber(b.addr, b"CONNECT {\"verbose\":false}\r\nSUB sc 9\r\n");
-    let mut healthy = Raw::connect(b.addr);
+    let setup = b"CONNECT {\"verbose\":false}\r\nSUB sc 9\r\n";
+    let slow = match place {
+        None => stopped_subscriber(b.addr, setup),
+        Some((on, _)) => {
+            (0..PLACEMENT_TRIES)
+                .map(|_| stopped_subscriber_with_id(b.addr, setup))
+                .find(|(_, id)| id % 2 == on)
+                .expect("a stopped subscriber on its reactor")
+                .0
+        }
+    };
+    let raw = |addr| match place {
+        None => Raw::connect(addr),
+        Some((_, on)) => Raw::connect_on(addr, on, 2),
+    };
+    let mut healthy = raw(b.addr);
     healthy.send(b"CONNECT {\"verbose\":false}\r\nSUB sc 1\r\n");
     healthy.sync();
     let received = Arc::new(AtomicU64::new(0));
@@ -735,7 +836,7 @@ fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
         healthy.sync();
     });
 
-    let mut p = Raw::connect(b.addr);
+    let mut p = raw(b.addr);
     p.send(b"CONNECT {\"verbose\":false}\r\n");
     p.sync();
     let mut batch = Vec::new();
@@ -771,21 +872,21 @@ fn slow_consumer_run(b: &Broker, total: usize, size: usize) -> Duration {
     cut_after
 }
 
-#[test]
+each_threads!(stopped_subscriber_is_cut_at_max_pending_and_healthy_one_gets_everything);
 fn stopped_subscriber_is_cut_at_max_pending_and_healthy_one_gets_everything() {
     // Only the queue limit can cut it: the write deadline is far beyond the test.
     let b = broker(&["--max-pending", "1MB", "--write-deadline", "600s"]);
     slow_consumer_run(&b, 40_000, 512);
 }
 
-#[test]
+each_threads!(stopped_subscriber_is_cut_at_write_deadline_below_max_pending);
 fn stopped_subscriber_is_cut_at_write_deadline_below_max_pending() {
     // Far less than max_pending is sent, so only the stall deadline can cut it.
     let b = broker(&["--max-pending", "1GB", "--write-deadline", "1s"]);
     slow_consumer_run(&b, 40_000, 512);
 }
 
-#[test]
+each_threads!(stopped_subscriber_is_cut_with_shared_payloads_too);
 fn stopped_subscriber_is_cut_with_shared_payloads_too() {
     // Every payload shared by reference (no copy into per-subscriber batches): the other
     // write path, with header and payload queued as separate `Bytes`.
@@ -811,7 +912,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
-#[test]
+each_threads!(hostile_subscribers_cannot_grow_the_broker_past_max_pending);
 fn hostile_subscribers_cannot_grow_the_broker_past_max_pending() {
     // Each subscriber has a 4,000-byte sid, so every 11-byte `PUB x 0` from the publisher
     // becomes a 4 KB MSG for it, and it never reads. The limit must hold at every append:
@@ -855,7 +956,7 @@ fn hostile_subscribers_cannot_grow_the_broker_past_max_pending() {
     assert_eq!(p.msg().1, b"ok");
 }
 
-#[test]
+each_threads!(subscriber_that_keeps_up_with_four_publishers_is_not_cut);
 fn subscriber_that_keeps_up_with_four_publishers_is_not_cut() {
     // One turn reads up to 256 KiB from each publisher: 1 MB of MSGs for the subscriber
     // at once, though it reads as fast as it can. As nats-server does, the broker holds
@@ -1018,7 +1119,7 @@ fn queue_group_index_costs_do_not_grow_with_a_search_per_group() {
     );
 }
 
-#[test]
+each_threads!(publish_to_20000_queue_groups_costs_linear_time);
 fn publish_to_20000_queue_groups_costs_linear_time() {
     // Each group gets one message per publish, so O(groups) is the floor; the old broker
     // searched the groups linearly for each group (221-408 ms per publish at 20,000).
@@ -1090,6 +1191,32 @@ async fn nats(addr: SocketAddr) -> async_nats::Client {
         .expect("async-nats connects (CONNECT, PING, PONG)")
 }
 
+/// Wait until `publisher`'s reactor knows the subscriptions `subscriber` made so far. On
+/// one reactor they take effect in the order the bytes come in; on two, interest crosses
+/// to the other reactor asynchronously, and async-nats' `flush` is no round trip (no
+/// PING, so the broker's PONG-after-barrier cannot help): a probe subscription made
+/// after them is published to until it answers (interest crosses in order).
+async fn settle(subscriber: &async_nats::Client, publisher: &async_nats::Client) {
+    let subject = subscriber.new_inbox();
+    let mut probe = subscriber.subscribe(subject.clone()).await.unwrap();
+    subscriber.flush().await.unwrap();
+    let end = tokio::time::Instant::now() + SLOW;
+    loop {
+        publisher
+            .publish(subject.clone(), Bytes::new())
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(50), probe.next())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < end, "interest never crossed");
+    }
+}
+
 /// Receive up to `n` messages, waiting at most `d` in all.
 async fn take(sub: &mut async_nats::Subscriber, n: usize, d: Duration) -> Vec<async_nats::Message> {
     let mut out = Vec::new();
@@ -1103,7 +1230,7 @@ async fn take(sub: &mut async_nats::Subscriber, n: usize, d: Duration) -> Vec<as
     out
 }
 
-#[tokio::test]
+each_threads!(async nats_client_pub_sub_and_wildcards);
 async fn nats_client_pub_sub_and_wildcards() {
     let b = broker(&[]);
     let c = nats(b.addr).await;
@@ -1135,7 +1262,7 @@ async fn nats_client_pub_sub_and_wildcards() {
     );
 }
 
-#[tokio::test]
+each_threads!(async nats_client_queue_group_gives_each_message_to_one_member);
 async fn nats_client_queue_group_gives_each_message_to_one_member() {
     let b = broker(&[]);
     let c = nats(b.addr).await;
@@ -1146,6 +1273,7 @@ async fn nats_client_queue_group_gives_each_message_to_one_member() {
     let mut plain = c.subscribe("work").await.unwrap();
     let p = nats(b.addr).await;
     c.flush().await.unwrap();
+    settle(&c, &p).await;
     let n = 60;
     for i in 0..n {
         p.publish("work", Bytes::from(i.to_string())).await.unwrap();
@@ -1178,12 +1306,14 @@ async fn nats_client_queue_group_gives_each_message_to_one_member() {
     );
 }
 
-#[tokio::test]
+each_threads!(async nats_client_request_reply_and_no_responders);
 async fn nats_client_request_reply_and_no_responders() {
     let b = broker(&[]);
     let server = nats(b.addr).await;
     let mut svc = server.subscribe("svc.echo").await.unwrap();
     server.flush().await.unwrap();
+    let c = nats(b.addr).await;
+    settle(&server, &c).await;
     let responder = tokio::spawn(async move {
         while let Some(m) = svc.next().await {
             let mut body = b"echo:".to_vec();
@@ -1191,7 +1321,6 @@ async fn nats_client_request_reply_and_no_responders() {
             server.publish(m.reply.unwrap(), body.into()).await.unwrap();
         }
     });
-    let c = nats(b.addr).await;
     for i in 0..20 {
         let r = c
             .request("svc.echo", Bytes::from(format!("{i}")))
@@ -1207,7 +1336,7 @@ async fn nats_client_request_reply_and_no_responders() {
     responder.abort();
 }
 
-#[tokio::test]
+each_threads!(async nats_client_unsubscribe_after_max);
 async fn nats_client_unsubscribe_after_max() {
     let b = broker(&[]);
     let c = nats(b.addr).await;
@@ -1225,7 +1354,7 @@ async fn nats_client_unsubscribe_after_max() {
     assert_eq!(got, ["0", "1", "2"]);
 }
 
-#[tokio::test]
+each_threads!(async nats_client_headers);
 async fn nats_client_headers() {
     let b = broker(&[]);
     let c = nats(b.addr).await;
@@ -1246,7 +1375,7 @@ async fn nats_client_headers() {
     assert_eq!(h.get("X-Trace").map(|v| v.as_str()), Some("abc-123"));
 }
 
-#[tokio::test]
+each_threads!(async nats_client_payload_at_and_over_max_payload);
 async fn nats_client_payload_at_and_over_max_payload() {
     let b = broker(&["--max-payload", "4096"]);
     let c = nats(b.addr).await;
@@ -1266,6 +1395,159 @@ async fn nats_client_payload_at_and_over_max_payload() {
     assert_eq!(err.kind(), async_nats::PublishErrorKind::MaxPayloadExceeded);
 }
 
+// ------------------------------------------------------------------ across two reactors
+
+/// An async-nats client on reactor `reactor` of two (see `Raw::connect_on`).
+async fn nats_on(addr: SocketAddr, reactor: u64) -> async_nats::Client {
+    for _ in 0..PLACEMENT_TRIES {
+        let c = nats(addr).await;
+        if c.server_info().client_id % 2 == reactor {
+            return c;
+        }
+    }
+    panic!("no client landed on reactor {reactor}");
+}
+
+#[tokio::test]
+async fn two_reactors_pub_sub_queue_groups_and_request_reply_across() {
+    let b = broker(&["--threads", "2"]);
+    let c0 = nats_on(b.addr, 0).await;
+    let c1 = nats_on(b.addr, 1).await;
+
+    // Pub/sub: subscribers on both reactors, publishers on both.
+    let mut s0 = c0.subscribe("x.>").await.unwrap();
+    let mut s1 = c1.subscribe("x.*").await.unwrap();
+    settle(&c0, &c1).await;
+    settle(&c1, &c0).await;
+    const N: usize = 200;
+    for i in 0..N {
+        let (p, who) = if i % 2 == 0 { (&c0, 0) } else { (&c1, 1) };
+        p.publish(format!("x.{who}"), Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    c0.flush().await.unwrap();
+    c1.flush().await.unwrap();
+    for (name, s) in [("reactor 0", &mut s0), ("reactor 1", &mut s1)] {
+        let got = take(s, N, SLOW).await;
+        assert_eq!(got.len(), N, "{name}'s subscriber gets every message");
+        // In order per publisher (and subject).
+        for who in ["x.0", "x.1"] {
+            let seq: Vec<usize> = got
+                .iter()
+                .filter(|m| m.subject.as_str() == who)
+                .map(|m| String::from_utf8_lossy(&m.payload).parse().unwrap())
+                .collect();
+            assert!(
+                seq.windows(2).all(|w| w[0] < w[1]),
+                "{who} in order: {seq:?}"
+            );
+        }
+    }
+    drop((s0, s1));
+
+    // Queue group: two members on reactor 0, one on reactor 1; publishers on both.
+    let mut members = vec![
+        (0, c0.queue_subscribe("work", "q".into()).await.unwrap()),
+        (0, c0.queue_subscribe("work", "q".into()).await.unwrap()),
+        (1, c1.queue_subscribe("work", "q".into()).await.unwrap()),
+    ];
+    settle(&c0, &c1).await;
+    settle(&c1, &c0).await;
+    for i in 0..N {
+        let p = if i % 2 == 0 { &c0 } else { &c1 };
+        p.publish("work", Bytes::from(i.to_string())).await.unwrap();
+    }
+    c0.flush().await.unwrap();
+    c1.flush().await.unwrap();
+    let mut seen = Vec::new();
+    let mut per_reactor = [0usize; 2];
+    for (r, m) in members.iter_mut() {
+        let got = take(m, N, Duration::from_millis(1000)).await;
+        per_reactor[*r] += got.len();
+        seen.extend(
+            got.iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+        );
+    }
+    seen.sort_by_key(|s| s.parse::<usize>().unwrap());
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(
+        seen, want,
+        "each message to exactly one member ({per_reactor:?})"
+    );
+    assert!(
+        per_reactor.iter().all(|&n| n > 0),
+        "members on both reactors get some: {per_reactor:?}"
+    );
+    drop(members);
+
+    // Request/reply across, both ways; no responders anywhere: told at once.
+    for (responder, requester, subject) in [(&c1, &c0, "svc.1"), (&c0, &c1, "svc.0")] {
+        let mut svc = responder.subscribe(subject).await.unwrap();
+        settle(responder, requester).await;
+        let r = responder.clone();
+        let task = tokio::spawn(async move {
+            let m = svc.next().await.expect("a request");
+            r.publish(m.reply.unwrap(), "pong".into()).await.unwrap();
+            r.flush().await.unwrap();
+        });
+        let answer = tokio::time::timeout(SLOW, requester.request(subject, "ping".into()))
+            .await
+            .expect("an answer in time")
+            .unwrap_or_else(|e| panic!("an answer on {subject}: {e}"));
+        assert_eq!(&answer.payload[..], b"pong");
+        task.await.unwrap();
+    }
+    let err = c0.request("svc.nobody", "x".into()).await.unwrap_err();
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+}
+
+#[test]
+fn two_reactors_pong_after_sub_or_unsub_means_the_other_reactor_knows() {
+    // As on one reactor: once SUB (or UNSUB) is answered by the PONG of a PING after it,
+    // a publisher on the other reactor reaches the subscription (or no longer does).
+    let b = broker(&["--threads", "2"]);
+    let mut s = Raw::connect_on(b.addr, 0, 2);
+    let mut p = Raw::connect_on(b.addr, 1, 2);
+    s.send(b"CONNECT {\"verbose\":false}\r\n");
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
+    for i in 0..100 {
+        s.send(format!("SUB t.{i} {i}\r\n").as_bytes());
+        assert_eq!(s.sync(), Vec::<String>::new());
+        p.send(format!("PUB t.{i} 2\r\nin\r\n").as_bytes());
+        assert_eq!(p.sync(), Vec::<String>::new());
+        let (line, payload) = s.msg();
+        assert_eq!(
+            (line, payload),
+            (format!("MSG t.{i} {i} 2"), b"in".to_vec())
+        );
+        s.send(format!("UNSUB {i}\r\n").as_bytes());
+        assert_eq!(s.sync(), Vec::<String>::new());
+        p.send(format!("PUB t.{i} 3\r\nout\r\n").as_bytes());
+        assert_eq!(p.sync(), Vec::<String>::new());
+    }
+    // Nothing published after an UNSUB arrived.
+    assert_eq!(s.sync(), Vec::<String>::new());
+}
+
+#[test]
+fn two_reactors_slow_subscriber_on_one_is_cut_while_one_on_the_other_gets_everything() {
+    // The stopped subscriber on reactor 0; the publisher and a healthy subscriber on
+    // reactor 1. Messages cross to reactor 0 once each, where the stopped one is cut at
+    // max_pending; the healthy one gets everything in order, the publisher is never told
+    // off (fan-in holds across reactors last at most a second, as on one).
+    let b = broker(&[
+        "--threads",
+        "2",
+        "--max-pending",
+        "1MB",
+        "--write-deadline",
+        "600s",
+    ]);
+    slow_consumer_run_on(&b, 40_000, 512, Some((0, 1)));
+}
+
 // ------------------------------------------------------------------ parser fuzz
 
 /// Everything the parser makes of `input` fed in pieces cut at `cuts`: the operations,
@@ -1275,7 +1557,15 @@ fn parse_pieces(
     cuts: &[usize],
     max_payload: usize,
 ) -> (Vec<parser::Op>, Option<parser::ParseError>) {
-    let mut p = parser::Parser::new(max_payload);
+    parse_pieces_with(parser::Parser::new(max_payload), input, cuts)
+}
+
+/// The same with a given parser (the leaf dialect: `Parser::leaf`).
+fn parse_pieces_with(
+    mut p: parser::Parser,
+    input: &[u8],
+    cuts: &[usize],
+) -> (Vec<parser::Op>, Option<parser::ParseError>) {
     let mut ops = Vec::new();
     let mut at = 0;
     let mut cuts = cuts.iter().copied();
@@ -1306,6 +1596,46 @@ fn subject() -> impl Strategy<Value = String> {
 }
 
 /// One valid operation on the wire, with the case of its name scrambled.
+/// One operation a hub sends its leaf, well formed.
+fn leaf_wire_op() -> impl Strategy<Value = Vec<u8>> {
+    let queues = proptest::collection::vec(token(), 0..3);
+    prop_oneof![
+        (subject(), proptest::option::of((token(), 1u32..5))).prop_map(|(s, q)| match q {
+            Some((q, w)) => format!("LS+ {s} {q} {w}\r\n").into_bytes(),
+            None => format!("LS+ {s}\r\n").into_bytes(),
+        }),
+        (subject(), proptest::option::of(token())).prop_map(|(s, q)| format!(
+            "LS- {s} {}\r\n",
+            q.unwrap_or_default()
+        )
+        .into_bytes()),
+        (
+            subject(),
+            proptest::option::of(subject()),
+            queues,
+            "[a-z]{0,20}",
+            any::<bool>()
+        )
+            .prop_map(|(s, r, qs, body, headers)| {
+                let mid = match (r, qs.is_empty()) {
+                    (Some(r), true) => format!("{r} "),
+                    (Some(r), false) => format!("+ {r} {} ", qs.join(" ")),
+                    (None, false) => format!("| {} ", qs.join(" ")),
+                    (None, true) => String::new(),
+                };
+                if headers {
+                    let h = "NATS/1.0\r\n\r\n";
+                    let total = h.len() + body.len();
+                    format!("HMSG {s} {mid}{} {total}\r\n{h}{body}\r\n", h.len()).into_bytes()
+                } else {
+                    format!("LMSG {s} {mid}{}\r\n{body}\r\n", body.len()).into_bytes()
+                }
+            }),
+        Just(b"PING\r\n".to_vec()),
+        Just(b"INFO {}\r\n".to_vec()),
+    ]
+}
+
 fn wire_op() -> impl Strategy<Value = Vec<u8>> {
     let payload = proptest::collection::vec(any::<u8>(), 0..200);
     prop_oneof![
@@ -1375,6 +1705,21 @@ proptest! {
         input.extend_from_slice(&junk);
         let whole = parse_pieces(&input, &[], max_payload);
         let split = parse_pieces(&input, &cuts, max_payload);
+        prop_assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn leaf_dialect_never_panics_and_split_makes_no_difference(
+        prefix in proptest::collection::vec(leaf_wire_op(), 0..6),
+        junk in proptest::collection::vec(any::<u8>(), 0..300),
+        cuts in proptest::collection::vec(1usize..40, 0..100),
+        max_payload in 0usize..300,
+    ) {
+        let mut input = prefix.concat();
+        input.extend_from_slice(&junk);
+        let leaf = || parser::Parser::leaf(max_payload);
+        let whole = parse_pieces_with(leaf(), &input, &[]);
+        let split = parse_pieces_with(leaf(), &input, &cuts);
         prop_assert_eq!(split, whole);
     }
 
