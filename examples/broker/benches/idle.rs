@@ -117,7 +117,14 @@ fn start(server: &str) -> Option<Server> {
     let mut cmd = match server {
         "heartloop" | "heartloop-coalesced" => {
             let mut c = Command::new(env!("CARGO_BIN_EXE_broker"));
-            c.args(["--addr", &addr.to_string(), "--ping-interval", "1s"]);
+            c.args([
+                "--addr",
+                &addr.to_string(),
+                "--ping-interval",
+                "1s",
+                "--threads",
+                "1",
+            ]);
             if server == "heartloop-coalesced" {
                 let help = Command::new(env!("CARGO_BIN_EXE_broker"))
                     .arg("--help")
