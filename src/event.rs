@@ -11,7 +11,7 @@ use crate::cause::Cause;
 ///
 /// A slab index plus a generation: the index is recycled, the generation never is, so an id
 /// of an ended connection never names another one. Using a stale id gives
-/// [`SendError::Stale`](crate::SendError::Stale) (or `false`), never a panic.
+/// [`SendError::Stale`](crate::SendError::Stale) (or [`StaleId`](crate::StaleId)), never a panic.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId {
     pub(crate) gen_: u64,

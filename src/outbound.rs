@@ -414,6 +414,12 @@ impl OutboundQueue {
         self.queued == 0
     }
 
+    /// How long the queue has gone without progress at `now` (since the kernel last took
+    /// a byte of it, or since it became non-empty); `None` when it is empty.
+    pub fn waiting_for(&self, now: Instant) -> Option<Duration> {
+        self.last_progress.map(|t| now.saturating_duration_since(t))
+    }
+
     /// When the stall clock would fire: `last_progress + stall_timeout` if
     /// the queue is non-empty and `cfg.stall_timeout` is set.
     pub fn stall_deadline(&self, cfg: &OutboundConfig) -> Option<Instant> {

@@ -331,3 +331,42 @@ fn close_while_connecting_to_an_unreachable_peer_is_a_connect_timeout() {
         clock.now() - t0
     );
 }
+
+/// `write_stalled_for`: how long queued bytes have waited without the kernel taking any.
+/// It grows, in stepped time, for a peer that reads nothing once the kernel's buffers are
+/// full, and falls back to about zero once the peer reads and the next write progresses.
+#[test]
+fn write_stalled_for_tells_a_stopped_reader_from_a_draining_one() {
+    let cfg = ConnConfig::default().send_buffer(16 * 1024);
+    let (mut r, clock, conn, mut peer, mut log) = with_a_peer_that_does_not_read(cfg);
+    assert_eq!(r.write_stalled_for(conn), None, "nothing queued");
+    r.send(conn, bytes::Bytes::from(vec![1u8; 1 << 20]))
+        .unwrap();
+    // The kernel takes what fits; the rest waits.
+    turn_until(&mut r, &mut log, "a partial write", |r, _| {
+        r.queued(conn).is_some_and(|q| q < 1 << 20)
+    });
+    let waited = |r: &Reactor| r.write_stalled_for(conn).expect("bytes queued");
+    assert!(waited(&r) < ms(1000));
+    // Once the peer's receive buffer is full too (a few turns), nothing moves any more.
+    for _ in 0..10 {
+        step(&mut r, &clock, ms(1000), &mut log);
+    }
+    assert!(waited(&r) >= ms(5000), "{:?}", waited(&r));
+    // The peer reads what it can: the next write makes progress and the clock restarts.
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    turn_until(&mut r, &mut log, "progress after the peer read", |r, _| {
+        use std::io::Read;
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        r.write_stalled_for(conn).is_none_or(|d| d < ms(1000))
+    });
+    assert!(got > 0);
+    r.abort(conn).unwrap();
+    assert_eq!(r.write_stalled_for(conn), None, "a stale id");
+}

@@ -125,6 +125,18 @@ impl Reactor {
         self.table.conn(id).map(|c| c.out.queued())
     }
 
+    /// How long the connection's queued bytes have waited without the kernel taking any
+    /// (since the last write that made progress, or since the queue became non-empty):
+    /// how far behind a slow reader is. `Some(ZERO)`-ish for a peer that keeps reading,
+    /// growing for one that stopped; `None` when nothing is queued, or for a stale id.
+    /// The stall timeout ([`OutboundConfig::on_stall`](crate::OutboundConfig::on_stall))
+    /// cuts a connection on this clock; an application can also use it for its own
+    /// policy (say, not holding producers back for a consumer that is not draining).
+    pub fn write_stalled_for(&self, id: ConnId) -> Option<Duration> {
+        let c = self.table.conn(id)?;
+        c.out.waiting_for(self.clock.now())
+    }
+
     /// Close gracefully: flush what is queued, send FIN, and wait for the peer's EOF while
     /// discarding what it still sends (a lingering close: closing a socket with unread
     /// input would reset the connection and lose what is still in flight), all bounded by

@@ -55,6 +55,9 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// growing for the rest of the turn (the pending limit counts it either way).
 const FLUSH_AT: usize = 64 * 1024;
 
+/// A subscriber whose queue made progress within this long is draining (see `hold_back`).
+const DRAINING: Duration = Duration::from_millis(50);
+
 /// Longest a subscriber over half its `max_pending` holds back the publishers that feed
 /// it (nats-server's longest stall of a fast producer).
 const STALL_MAX: Duration = Duration::from_secs(1);
@@ -175,6 +178,8 @@ struct Client {
     /// As a subscriber: since when it has been over half its `max_pending` (as last
     /// seen; `None` once seen at or below half). See `Server::hold_back`.
     over_half_since: Option<Instant>,
+    /// When this publisher was held back (while `held_by` is set).
+    held_at: Option<Instant>,
     /// As a publisher: held back by this subscriber (key, conn). Its unprocessed input
     /// waits in `parser`, and reading is paused.
     held_by: Option<(usize, ConnId)>,
@@ -298,6 +303,8 @@ pub struct Server {
     slow_consumers: u64,
     /// Times a publisher was held back by a subscriber over half its max_pending.
     holds: u64,
+    /// Time publishers spent held back, summed over holds (µs), for `--stats`.
+    held_us: u64,
     /// The message being delivered came from a publisher on another reactor that can be
     /// held back (see `mesh.rs`).
     remote_origin: bool,
@@ -416,6 +423,7 @@ impl Server {
             rng: Rng::new(seed ^ (index as u64) << 56),
             slow_consumers: 0,
             holds: 0,
+            held_us: 0,
             remote_origin: false,
             interest: HashMap::new(),
             nsubs: Slab::new(),
@@ -469,13 +477,22 @@ impl Server {
         self.held
             .iter()
             .map(|&(key, conn)| {
-                self.client(key, conn)
-                    .and_then(|c| c.held_by)
-                    .and_then(|(s, sconn)| self.client(s, sconn))
+                let Some((s, sconn)) = self.client(key, conn).and_then(|c| c.held_by) else {
+                    return Duration::ZERO;
+                };
+                let stall_max = self
+                    .client(s, sconn)
                     .and_then(|s| s.over_half_since)
                     .map_or(Duration::ZERO, |since| {
                         (since + STALL_MAX).saturating_duration_since(now)
-                    })
+                    });
+                // A subscriber that stops draining lets its publishers go `DRAINING` after
+                // its queue last moved (see `hold_back`).
+                let drain = self
+                    .reactor
+                    .write_stalled_for(sconn)
+                    .map_or(STALL_MAX, |waited| DRAINING.saturating_sub(waited));
+                stall_max.min(drain)
             })
             .min()
     }
@@ -501,6 +518,10 @@ impl Server {
                 continue;
             }
             self.clients[key].held_by = None;
+            if let Some(at) = self.clients[key].held_at.take() {
+                let held = self.reactor.now().saturating_duration_since(at);
+                self.held_us += u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+            }
             self.process(key, true);
             let c = &self.clients[key];
             if c.held_by.is_none() && !c.closing && c.remote_holds == 0 {
@@ -522,8 +543,16 @@ impl Server {
     fn hold_back(&mut self, s: usize) -> bool {
         let pending = self.pending(s);
         let now = self.reactor.now();
+        // Only for a subscriber that is draining: one whose queue the kernel has not
+        // taken a byte of for `DRAINING` is not reading, and holding producers back for it
+        // would only stall them (a non-reading `>` subscriber would hold up every
+        // publisher for a second at a time); it is left to reach max_pending.
+        let draining = self
+            .reactor
+            .write_stalled_for(self.clients[s].conn)
+            .is_none_or(|waited| waited < DRAINING);
         let c = &mut self.clients[s];
-        if pending <= self.cfg.max_pending / 2 {
+        if pending <= self.cfg.max_pending / 2 || !draining {
             c.over_half_since = None;
             return false;
         }
@@ -584,7 +613,7 @@ impl Server {
         let s = self.reactor.stats();
         let d = s.disconnects;
         eprintln!(
-            "stats: clients {} subs {} slow consumers {} holds {} held {} accepted {} read {} \
+            "stats: clients {} subs {} slow consumers {} holds {} held {} held for {} ms accepted {} read {} \
              B written {} B queued {} B (peak {}) turns {} longest turn {} us disconnects {} \
              (reset {}, peer closed {}, slow peer {}, protocol {}, heartbeat {})",
             self.clients.len(),
@@ -592,6 +621,7 @@ impl Server {
             self.slow_consumers,
             self.holds,
             self.held.len(),
+            self.held_us / 1000,
             s.accepted,
             s.bytes_read,
             s.bytes_written,
@@ -625,6 +655,7 @@ impl Server {
             closing: false,
             cut: false,
             over_half_since: None,
+            held_at: None,
             held_by: None,
             eof: false,
             subs_changed: false,
@@ -695,6 +726,7 @@ impl Server {
             {
                 let c = &mut self.clients[key];
                 c.held_by = Some(by);
+                c.held_at = Some(self.reactor.now());
                 let _ = self.reactor.pause_reading(c.conn);
                 self.held.push((key, c.conn));
                 self.fresh_hold = true;

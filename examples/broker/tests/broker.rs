@@ -956,6 +956,78 @@ fn hostile_subscribers_cannot_grow_the_broker_past_max_pending() {
     assert_eq!(p.msg().1, b"ok");
 }
 
+/// A `>` subscriber that never reads gets every message: once it is over half its
+/// max_pending it would hold back every publisher for up to a second at a time (the fan-in
+/// rule for subscribers that keep up, `STALL_MAX`). It is not draining (the kernel has
+/// taken nothing of its queue for 50 ms), so a publisher is held for it at most that long:
+/// the broker's own count of the time publishers spent held (`--stats`) says so, whatever
+/// the machine's speed (no other subscriber, so no other reason to hold). One reactor
+/// (the hold across reactors is the same rule).
+#[test]
+fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
+    const N: usize = 4_000;
+    const SIZE: usize = 1_000;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
+    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats", "50ms"]);
+    cmd.args([
+        "--max-pending",
+        "1MB",
+        "--write-deadline",
+        "600s",
+        "--sndbuf",
+        "16KB",
+    ]);
+    let mut proc = Proc::from_command_with_stderr_lines(cmd);
+    let rest = proc
+        .wait_line_containing("broker listening on ", Duration::from_secs(60))
+        .expect("the broker starts");
+    let addr: SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an address");
+    let stopped = stopped_subscriber(addr, b"CONNECT {\"verbose\":false}\r\nSUB > 1\r\n");
+    let mut p = Raw::connect(addr);
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
+    let wire = format!("PUB fan {SIZE}\r\n{}\r\n", ".".repeat(SIZE)).repeat(N);
+    for chunk in wire.as_bytes().chunks(64 * 1024) {
+        p.send(chunk);
+    }
+    assert_eq!(
+        p.sync(),
+        Vec::<String>::new(),
+        "the publisher is not told off"
+    );
+    assert_cut(stopped, "the stopped wildcard subscriber");
+    // The broker's count of the time publishers were held, from a stats line printed
+    // after all of the above.
+    std::thread::sleep(Duration::from_millis(200));
+    let stats: Vec<String> = proc
+        .drain_lines()
+        .into_iter()
+        .filter(|l| l.contains("stats: "))
+        .collect();
+    let last = stats.last().expect("a stats line");
+    let held_ms: u64 = last
+        .split("held for ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no 'held for' in {last:?}"));
+    let holds: u64 = last
+        .split("holds ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    eprintln!("publishers held {holds} times, {held_ms} ms in all: {last}");
+    // Held for it until it drained or for STALL_MAX, this would be 1,000 ms or more.
+    assert!(
+        held_ms < 500,
+        "publishers were held {held_ms} ms ({holds} holds)"
+    );
+}
+
 each_threads!(subscriber_that_keeps_up_with_four_publishers_is_not_cut);
 fn subscriber_that_keeps_up_with_four_publishers_is_not_cut() {
     // One turn reads up to 256 KiB from each publisher: 1 MB of MSGs for the subscriber
