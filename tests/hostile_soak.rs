@@ -56,6 +56,8 @@
 //! not set (a run by hand). Under `CI` they are measured and printed, not asserted (the
 //! output says so in capitals); `HEARTLOOP_HOSTILE_STRICT=1` asserts them there too.
 
+#[path = "util/soak.rs"]
+mod soak;
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
@@ -66,6 +68,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use soak::{
+    Kind, Watch, Window, cores, kv, new_hist, p99_bound, probe, probe_rise, set_nice, snap, stat,
+    strict, sum_attacks, turn_bound_us, us, vm_kib,
+};
 use util::Proc;
 
 const KIB: u64 = 1024;
@@ -125,18 +131,6 @@ const RSS_CONSTANT: u64 = 32 * MIB;
 /// so that quiet and attack windows alternate often: the noise of a shared machine comes
 /// and goes over seconds.
 const WINDOW_SECS: f64 = 1.0;
-
-/// What a window of the run was.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    WarmUp,
-    Quiet,
-    Attack,
-}
-
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram")
-}
 
 /// A length-delimited frame header: 4-byte big-endian length, kind byte.
 fn header(len: usize, kind: u8) -> [u8; 5] {
@@ -262,191 +256,6 @@ fn healthy_peer(
     h
 }
 
-/// What the machine itself did to a thread that only sleeps and computes, per window: the
-/// stalls a turn of the server suffers too, whatever the server does.
-struct Probe {
-    /// How late a 1 ms sleep woke up, per window (ns).
-    late: Vec<Histogram<u64>>,
-    /// How much longer than its fastest run a fixed ~200 µs computation took, per window
-    /// (ns): time the thread was not running in the middle of work (preempted, or the
-    /// hypervisor ran another machine on this CPU).
-    stretch: Vec<Histogram<u64>>,
-}
-
-/// The probe: at the server's priority, it sleeps 1 ms at a time and measures how late it
-/// wakes; every 10th time it also times a fixed computation of ~200 µs. About 3% of a core.
-fn probe(window: &AtomicUsize, stop: &AtomicBool, nice: i32) -> Probe {
-    if nice != 0 {
-        set_nice(0, nice);
-    }
-    fn work(n: u64) -> u64 {
-        (0..n).fold(0u64, |a, i| {
-            std::hint::black_box(a.wrapping_mul(31).wrapping_add(i))
-        })
-    }
-    // Size the computation to ~200 µs; its fastest run of 20 is the reference.
-    let mut n = 1_000u64;
-    loop {
-        let t = Instant::now();
-        work(n);
-        if t.elapsed() >= Duration::from_micros(200) || n > 1 << 30 {
-            break;
-        }
-        n *= 2;
-    }
-    let fastest = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            work(n);
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default();
-    let mut p = Probe {
-        late: Vec::new(),
-        stretch: Vec::new(),
-    };
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let w = window.load(Ordering::Relaxed);
-        if p.late.len() <= w {
-            p.late.resize_with(w + 1, new_hist);
-            p.stretch.resize_with(w + 1, new_hist);
-        }
-        let due = Instant::now() + Duration::from_millis(1);
-        std::thread::sleep(Duration::from_millis(1));
-        let late = Instant::now().saturating_duration_since(due);
-        p.late[w].saturating_record(late.as_nanos() as u64);
-        i += 1;
-        if i.is_multiple_of(10) {
-            let t = Instant::now();
-            work(n);
-            let extra = t.elapsed().saturating_sub(fastest);
-            p.stretch[w].saturating_record(extra.as_nanos() as u64);
-        }
-    }
-    p
-}
-
-/// Set the nice value of thread `tid` (0: the calling thread); whether it worked (raising
-/// priority needs `CAP_SYS_NICE`).
-fn set_nice(tid: u32, nice: i32) -> bool {
-    // SAFETY: setpriority only changes a scheduling attribute.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
-}
-
-/// Machine CPU from /proc/stat, all cores, in clock ticks: (busy, total, steal). Steal is
-/// time the hypervisor gave this virtual machine's CPUs to someone else.
-fn machine_ticks() -> (u64, u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = s
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    let steal = f.get(7).copied().unwrap_or(0);
-    (total - idle - steal, total, steal)
-}
-
-fn cores() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
-}
-
-/// A `VmXxx:` figure of /proc/<pid>/status, in KiB.
-fn vm_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// A counter `... <key> N ...` of the echo's stats line.
-fn stat(line: &str, key: &str) -> Option<u64> {
-    let (_, rest) = line.split_once(key)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// A `key=N` of an `ATTACK` line.
-fn kv(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Samples the server's RSS (per kind of window) and keeps its latest stats line.
-struct Watch {
-    pid: u32,
-    /// The window being run and its kind.
-    w: usize,
-    kind: Kind,
-    rss_max: [u64; 3],
-    last_stats: String,
-    /// Each rise of the longest turn: when its stats line came, in which window, the line.
-    rises: Vec<(Instant, usize, Kind, String)>,
-}
-
-impl Watch {
-    fn sample(&mut self, echo: &mut Proc) {
-        let k = self.kind as usize;
-        self.rss_max[k] = self.rss_max[k].max(vm_kib(self.pid, "VmRSS:"));
-        for l in echo.drain_lines() {
-            if let Some((_, s)) = l.split_once("stats: ") {
-                if stat(s, "longest turn") > stat(&self.last_stats, "longest turn") {
-                    self.rises
-                        .push((Instant::now(), self.w, self.kind, s.to_string()));
-                }
-                self.last_stats = s.to_string();
-            }
-        }
-    }
-
-    /// Sample every 20 ms for `d`.
-    fn run(&mut self, echo: &mut Proc, d: Duration) {
-        let end = Instant::now() + d;
-        loop {
-            self.sample(echo);
-            let Some(left) = end.checked_duration_since(Instant::now()) else {
-                return;
-            };
-            std::thread::sleep(left.min(Duration::from_millis(20)));
-        }
-    }
-}
-
-/// One quiet or attack window: its kind and CPU snapshots at its ends.
-struct Window {
-    kind: Kind,
-    from: Snap,
-    to: Snap,
-}
-
-/// CPU snapshot at a window's boundary.
-#[derive(Clone, Copy)]
-struct Snap {
-    at: Instant,
-    server: Duration,
-    me: Duration,
-    machine: (u64, u64, u64),
-    /// The server's VmRSS, KiB.
-    rss: u64,
-}
-
-fn snap(server_pid: u32) -> Snap {
-    Snap {
-        at: Instant::now(),
-        server: util::cpu_time_of(server_pid),
-        me: util::cpu_time_of(std::process::id()),
-        machine: machine_ticks(),
-        rss: vm_kib(server_pid, "VmRSS:"),
-    }
-}
-
 /// The memory the attack may make the server hold, in bytes: the rule the peak RSS is
 /// held to, beyond [`RSS_CONSTANT`].
 ///
@@ -476,86 +285,6 @@ fn memory_bound() -> (u64, String) {
         RSS_CONSTANT / KIB
     );
     (queues + partial + RSS_CONSTANT, why)
-}
-
-/// The bound on the longest turn, by the wall clock: 10 ms (50 ms in a debug build) plus
-/// the longest stall the probe thread suffered during the run. A turn's wall-clock time
-/// holds whatever stopped the server in the middle of it: another process on its CPU, or
-/// the hypervisor running another machine (on the 2-core machine this was written on it
-/// took 10-60% of the CPU time, and stalled even a thread that only sleeps and computes
-/// by 10-80 ms); the probe, at the server's priority, measures that stall, which is 0-1 ms
-/// on a quiet machine. The CPU time of the longest turn's poll call is printed beside it.
-fn turn_bound_us(stall: Duration) -> u64 {
-    let base = if cfg!(debug_assertions) {
-        50_000
-    } else {
-        10_000
-    };
-    base + stall.as_micros() as u64
-}
-
-/// Healthy p99 under attack may be at most twice the quiet p99 (the bound), plus
-/// twice what the machine itself slowed down under attack, as measured by the probe: the
-/// rise of the p99 of how late its 1 ms sleep woke (`probe_rise`, zero when it did not
-/// rise).
-///
-/// Why the slack, and why that much: on this 2-core machine the attacker process, the
-/// server, the ten healthy peers and the probe share two CPUs, and under attack the
-/// attacker takes ~18% of a core and the server's CPU doubles (~17% → ~35%). A thread that
-/// does no I/O at the server's priority then waits longer for a CPU when it wakes: the
-/// probe's p99 lateness rose from 158-196 µs to 344-406 µs in the runs of 2026-12-04. A
-/// healthy round trip wakes two threads (the server, then the healthy peer), each of which
-/// waits like the probe, so the machine alone adds about twice the probe's rise to its
-/// p99; in those runs healthy p99 went 185-264 µs → 492-643 µs (1.9-3.5×), within
-/// 2 × quiet + 2 × the probe's rise each time (852-878 µs), and not within 2 × quiet
-/// alone in two of three. An attack from other machines would not share the server's
-/// CPUs: there the probe does not slow down and the bound is the 2 × quiet. The
-/// slack follows the measurement, so a server that slowed its healthy peers by its own
-/// doing still fails.
-fn p99_bound(quiet_p99: Duration, probe_rise: Duration) -> Duration {
-    quiet_p99 * 2 + probe_rise * 2
-}
-
-/// Whether the timing bounds are asserted (see "Strict and CI runs" in the module docs).
-fn strict() -> bool {
-    let on = |v: &str| !matches!(v, "" | "0" | "false" | "FALSE");
-    match std::env::var("HEARTLOOP_HOSTILE_STRICT") {
-        Ok(v) => on(&v),
-        Err(_) => !std::env::var("CI").is_ok_and(|v| on(&v)),
-    }
-}
-
-fn us(ns: u64) -> String {
-    format!("{:.0} µs", ns as f64 / 1000.0)
-}
-
-/// Sums the `key=N` fields of `ATTACK` lines per attack, in order of first appearance.
-fn sum_attacks(lines: &[String]) -> Vec<(String, Vec<(&'static str, u64)>)> {
-    const KEYS: [&str; 6] = ["conns", "connects", "cut", "bytes", "frames", "echoed"];
-    let mut out: Vec<(String, Vec<(&'static str, u64)>)> = Vec::new();
-    for l in lines {
-        let name = l
-            .strip_prefix("ATTACK ")
-            .and_then(|r| r.split(" conns=").next())
-            .unwrap_or("?")
-            .to_string();
-        let i = match out.iter().position(|(n, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                out.push((name, KEYS.iter().map(|k| (*k, 0)).collect()));
-                out.len() - 1
-            }
-        };
-        for (k, v) in &mut out[i].1 {
-            // Connections are per window (the same set each time); the rest add up.
-            if *k == "conns" {
-                *v = (*v).max(kv(l, k));
-            } else {
-                *v += kv(l, k);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -798,14 +527,13 @@ fn echo_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
     let (cq, ca) = (cpu(Kind::Quiet), cpu(Kind::Attack));
     let attacker_pct = attacker_cpu.as_secs_f64() / ca.3 * 100.0;
     let all_lines: Vec<String> = attack_lines.iter().flatten().cloned().collect();
-    let totals = sum_attacks(&all_lines);
+    let totals = sum_attacks(
+        &all_lines,
+        &["conns", "connects", "cut", "bytes", "frames", "echoed"],
+    );
     let (bound, why) = memory_bound();
     let turn_limit_us = turn_bound_us(Duration::ZERO);
-    let probe_rise = Duration::from_nanos(
-        late[a]
-            .value_at_quantile(0.99)
-            .saturating_sub(late[q].value_at_quantile(0.99)),
-    );
+    let probe_rise = probe_rise(&late[q], &late[a]);
     let p99_limit = p99_bound(pct(q, 0.99), probe_rise);
     let (first, last) = (windows[0].from, windows.last().unwrap().to);
     let steal_pct = (last.machine.2 - first.machine.2) as f64

