@@ -55,6 +55,11 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// growing for the rest of the turn (the pending limit counts it either way).
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Most messages delivered in one turn before the publisher being processed yields (its
+/// parsed operations wait for the next turn, its reading paused meanwhile): a publish that
+/// fans out to thousands of subscriptions cannot make a turn long for every other client.
+const TURN_DELIVERIES: usize = 8 * 1024;
+
 /// A subscriber whose queue made progress within this long is draining (see `hold_back`).
 const DRAINING: Duration = Duration::from_millis(50);
 
@@ -180,6 +185,8 @@ struct Client {
     over_half_since: Option<Instant>,
     /// When this publisher was held back (while `held_by` is set).
     held_at: Option<Instant>,
+    /// Its processing yielded to the turn's delivery budget (see `TURN_DELIVERIES`).
+    yielded: bool,
     /// As a publisher: held back by this subscriber (key, conn). Its unprocessed input
     /// waits in `parser`, and reading is paused.
     held_by: Option<(usize, ConnId)>,
@@ -305,6 +312,10 @@ pub struct Server {
     holds: u64,
     /// Time publishers spent held back, summed over holds (µs), for `--stats`.
     held_us: u64,
+    /// Messages delivered in this turn (see `TURN_DELIVERIES`).
+    turn_deliveries: usize,
+    /// Publishers whose processing yielded to the delivery budget, in order.
+    yielded: Vec<(usize, ConnId)>,
     /// The message being delivered came from a publisher on another reactor that can be
     /// held back (see `mesh.rs`).
     remote_origin: bool,
@@ -327,7 +338,11 @@ pub struct Server {
 pub fn reactor_config(cfg: &Config) -> ReactorConfig {
     // A send over the reactor-wide cap must not tear a message in two (header queued,
     // payload refused): with `Disconnect` the connection ends instead.
-    let rcfg = ReactorConfig::default().total_queued_limit(4 << 30, OverflowPolicy::Disconnect);
+    // Each accept costs an INFO (JSON) and a client: at most 32 per turn, so a connect
+    // storm cannot make one turn long for the connected clients.
+    let rcfg = ReactorConfig::default()
+        .total_queued_limit(4 << 30, OverflowPolicy::Disconnect)
+        .accept_budget(32);
     match cfg.quiet_coalescing {
         Some(d) => rcfg.quiet_coalescing(d),
         None => rcfg,
@@ -424,6 +439,8 @@ impl Server {
             slow_consumers: 0,
             holds: 0,
             held_us: 0,
+            turn_deliveries: 0,
+            yielded: Vec::new(),
             remote_origin: false,
             interest: HashMap::new(),
             nsubs: Slab::new(),
@@ -453,8 +470,13 @@ impl Server {
                 // A peer reactor's inbox was full: try again soon (see `mesh.rs`).
                 timeout = Some(timeout.map_or(mesh::RETRY, |t| t.min(mesh::RETRY)));
             }
+            if !self.yielded.is_empty() {
+                timeout = Some(Duration::ZERO); // their work goes on in the next turn
+            }
             self.fresh_hold = false;
             self.reactor.poll(&mut events, timeout)?;
+            self.turn_deliveries = 0;
+            self.resume_yielded();
             self.release_held();
             for ev in events.drain(..) {
                 self.on_event(ev);
@@ -524,7 +546,7 @@ impl Server {
             }
             self.process(key, true);
             let c = &self.clients[key];
-            if c.held_by.is_none() && !c.closing && c.remote_holds == 0 {
+            if !c.yielded && c.held_by.is_none() && !c.closing && c.remote_holds == 0 {
                 if c.eof {
                     self.close(key);
                 } else {
@@ -586,7 +608,7 @@ impl Server {
                 if let Some(&key) = self.by_conn.get(&conn) {
                     let c = &mut self.clients[key];
                     c.eof = true;
-                    if c.held_by.is_none() && !c.closing {
+                    if c.held_by.is_none() && !c.yielded && !c.closing {
                         self.close(key);
                     }
                 }
@@ -656,6 +678,7 @@ impl Server {
             cut: false,
             over_half_since: None,
             held_at: None,
+            yielded: false,
             held_by: None,
             eof: false,
             subs_changed: false,
@@ -699,10 +722,35 @@ impl Server {
         c.last_in = now;
         c.pings_out = 0;
         c.parser.push(bytes);
-        // Held back: the bytes wait in the parser (read in this turn before reading was
-        // paused).
-        if c.held_by.is_none() {
+        // Held back or yielded: the bytes wait in the parser (read in this turn before
+        // reading was paused).
+        if c.held_by.is_none() && !c.yielded {
             self.process(key, true);
+        }
+    }
+
+    /// Go on with the publishers that yielded to the last turn's delivery budget, oldest
+    /// first (they may yield again).
+    fn resume_yielded(&mut self) {
+        for (key, conn) in std::mem::take(&mut self.yielded) {
+            let Some(c) = self.clients.get_mut(key).filter(|c| c.conn == conn) else {
+                continue;
+            };
+            c.yielded = false;
+            if c.closing {
+                continue;
+            }
+            if c.held_by.is_none() {
+                self.process(key, true);
+            }
+            let c = &self.clients[key];
+            if !c.yielded && c.held_by.is_none() && !c.closing && c.remote_holds == 0 {
+                if c.eof {
+                    self.close(key);
+                } else {
+                    let _ = self.reactor.resume_reading(c.conn);
+                }
+            }
         }
     }
 
@@ -719,6 +767,13 @@ impl Server {
                 }
             }
             if self.clients[key].closing {
+                break;
+            }
+            if may_hold && self.turn_deliveries >= TURN_DELIVERIES && self.hold.is_none() {
+                let c = &mut self.clients[key];
+                c.yielded = true;
+                let _ = self.reactor.pause_reading(c.conn);
+                self.yielded.push((key, c.conn));
                 break;
             }
             if let Some(by) = self.hold.take()
@@ -1210,6 +1265,7 @@ impl Server {
         header_len: Option<usize>,
         data: &Bytes,
     ) {
+        self.turn_deliveries += 1;
         let sub = &mut self.subs[s];
         let ck = sub.client;
         let c = &mut self.clients[ck];

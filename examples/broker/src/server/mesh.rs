@@ -375,7 +375,7 @@ impl Server {
             Mail::Release { key, conn } => {
                 if let Some(c) = self.clients.get_mut(key).filter(|c| c.conn == conn) {
                     c.remote_holds = c.remote_holds.saturating_sub(1);
-                    if c.remote_holds == 0 && c.held_by.is_none() && !c.closing {
+                    if c.remote_holds == 0 && c.held_by.is_none() && !c.yielded && !c.closing {
                         if c.eof {
                             self.close(key);
                         } else {
