@@ -316,6 +316,8 @@ pub struct Server {
     turn_deliveries: usize,
     /// Publishers whose processing yielded to the delivery budget, in order.
     yielded: Vec<(usize, ConnId)>,
+    /// Times a publisher yielded, for `--stats`.
+    yields: u64,
     /// The message being delivered came from a publisher on another reactor that can be
     /// held back (see `mesh.rs`).
     remote_origin: bool,
@@ -441,6 +443,7 @@ impl Server {
             held_us: 0,
             turn_deliveries: 0,
             yielded: Vec::new(),
+            yields: 0,
             remote_origin: false,
             interest: HashMap::new(),
             nsubs: Slab::new(),
@@ -635,7 +638,7 @@ impl Server {
         let s = self.reactor.stats();
         let d = s.disconnects;
         eprintln!(
-            "stats: clients {} subs {} slow consumers {} holds {} held {} held for {} ms accepted {} read {} \
+            "stats: clients {} subs {} slow consumers {} holds {} held {} held for {} ms yields {} accepted {} read {} \
              B written {} B queued {} B (peak {}) turns {} longest turn {} us disconnects {} \
              (reset {}, peer closed {}, slow peer {}, protocol {}, heartbeat {})",
             self.clients.len(),
@@ -644,6 +647,7 @@ impl Server {
             self.holds,
             self.held.len(),
             self.held_us / 1000,
+            self.yields,
             s.accepted,
             s.bytes_read,
             s.bytes_written,
@@ -774,6 +778,7 @@ impl Server {
                 c.yielded = true;
                 let _ = self.reactor.pause_reading(c.conn);
                 self.yielded.push((key, c.conn));
+                self.yields += 1;
                 break;
             }
             if let Some(by) = self.hold.take()

@@ -1028,6 +1028,68 @@ fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
     );
 }
 
+/// A publish that fans out to 10,000 subscriptions makes 10,000 deliveries: five of them
+/// are 50,000, more than one turn may do (`TURN_DELIVERIES`). The publisher yields to the
+/// next turn (the broker counts it: `--stats` "yields") and everything still arrives, in
+/// order, exactly once.
+#[test]
+fn a_publish_to_many_subscriptions_yields_between_turns_and_loses_nothing() {
+    const SUBS: usize = 10_000;
+    const PUBS: usize = 5;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
+    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats", "50ms"]);
+    let mut proc = Proc::from_command_with_stderr_lines(cmd);
+    let rest = proc
+        .wait_line_containing("broker listening on ", Duration::from_secs(60))
+        .expect("the broker starts");
+    let addr: SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an address");
+    let mut sub = Raw::connect(addr);
+    let mut subs = String::from("CONNECT {\"verbose\":false}\r\n");
+    for sid in 0..SUBS {
+        subs.push_str(&format!("SUB amp {sid}\r\n"));
+    }
+    sub.send(subs.as_bytes());
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    let mut p = Raw::connect(addr);
+    p.send(b"CONNECT {\"verbose\":false}\r\n");
+    for i in 0..PUBS {
+        p.send(format!("PUB amp 1\r\n{i}\r\n").as_bytes());
+    }
+    assert_eq!(
+        p.sync(),
+        Vec::<String>::new(),
+        "the publisher is not told off"
+    );
+    // Every message to every subscription, each message's deliveries before the next's.
+    for i in 0..PUBS {
+        let mut seen = vec![false; SUBS];
+        for _ in 0..SUBS {
+            let (head, body) = sub.msg();
+            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
+            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let last = proc
+        .drain_lines()
+        .into_iter()
+        .filter(|l| l.contains("stats: "))
+        .next_back()
+        .expect("a stats line");
+    let yields: u64 = last
+        .split("yields ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no 'yields' in {last:?}"));
+    assert!(yields >= 1, "50,000 deliveries in one turn: {last}");
+}
+
 each_threads!(subscriber_that_keeps_up_with_four_publishers_is_not_cut);
 fn subscriber_that_keeps_up_with_four_publishers_is_not_cut() {
     // One turn reads up to 256 KiB from each publisher: 1 MB of MSGs for the subscriber
