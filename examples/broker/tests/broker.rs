@@ -1078,8 +1078,7 @@ fn a_publish_to_many_subscriptions_yields_between_turns_and_loses_nothing() {
     let last = proc
         .drain_lines()
         .into_iter()
-        .filter(|l| l.contains("stats: "))
-        .next_back()
+        .rfind(|l| l.contains("stats: "))
         .expect("a stats line");
     let yields: u64 = last
         .split("yields ")
