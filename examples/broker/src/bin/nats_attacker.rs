@@ -49,6 +49,7 @@ struct Opts {
     addr: SocketAddr,
     duration: Duration,
     attacks: Vec<String>,
+    cpu: Option<usize>,
     sub_amp: usize,
     sub_amp_subs: usize,
     sid_len: usize,
@@ -628,6 +629,14 @@ fn cpu_ms() -> (u64, u64) {
 
 fn main() {
     let o = parse_args().unwrap_or_else(|e| opts::exit_usage("nats_attacker", e));
+    if let Some(cpu) = o.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            eprintln!("nats_attacker: cannot run on CPU {cpu}: {e}");
+            std::process::exit(1);
+        }
+    }
     let connect_then = |rest: &[u8]| {
         let mut v = CONNECT.to_vec();
         v.extend_from_slice(rest);
@@ -795,6 +804,8 @@ options:
   --secs S                  how long to attack, in seconds (default 10)
   --attacks a,b,...         only these: amp, wild, big, ping, byte, slowloris, storm,
                             garbage (default all)
+  --cpu N                   run on CPU N only (as attackers on another machine would not
+                            share the broker's CPUs; default: anywhere)
   --sub-amp N               connections with many subscriptions (default 2)
   --sub-amp-subs S          subscriptions each (default 2000)
   --sid-len L               bytes of their sids (default 200)
@@ -822,6 +833,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
         addr: SocketAddr::from(([127, 0, 0, 1], 4222)),
         duration: Duration::from_secs(10),
         attacks: Vec::new(),
+        cpu: None,
         sub_amp: 2,
         sub_amp_subs: 2000,
         sid_len: 200,
@@ -851,6 +863,7 @@ fn parse_args() -> Result<Opts, lexopt::Error> {
                         .ok_or_else(|| format!("'{v}' is not a number of seconds"))
                 })?
             }
+            Long("cpu") => o.cpu = Some(p.value()?.parse()?),
             Long("attacks") => {
                 o.attacks = p
                     .value()?
