@@ -56,7 +56,7 @@ struct Sizes {
 const HELP: &str = "\
 timers: the timer wheel and liveness stamps against a binary heap and tokio's DelayQueue
 
-usage: cargo bench --bench timers [-- OPTIONS]
+usage: cargo bench -p heartloop-benches --bench timers [-- OPTIONS]
 
 options:
   --smoke      a run of a few seconds with tiny counts (also HEARTLOOP_BENCH_SMOKE=1)
