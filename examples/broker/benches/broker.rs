@@ -1,4 +1,4 @@
-//! `cargo bench --bench broker` (`-- --rounds N --measure DUR`, `-- --only fanout_100`,
+//! `cargo bench -p heartloop-broker --bench broker` (`-- --rounds N --measure DUR`, `-- --only fanout_100`,
 //! `-- --help`)
 //!
 //! The broker example against nats-server and redis pub/sub, side by side in one run.
@@ -918,7 +918,7 @@ fn median(v: &mut [f64]) -> f64 {
 const HELP: &str = "\
 broker bench: the broker example against nats-server and redis pub/sub, side by side
 
-usage: cargo bench --bench broker [-- OPTIONS]
+usage: cargo bench -p heartloop-broker --bench broker [-- OPTIONS]
 
 options:
   --rounds N       rounds, each running every scenario against every broker (default 3)
