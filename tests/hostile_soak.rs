@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use soak::{
-    Kind, Watch, Window, cores, kv, new_hist, p99_bound, probe, probe_rise, set_nice, snap, stat,
+    Kind, Watch, cores, new_hist, p99_bound, probe, probe_rise, run_windows, set_nice, stat,
     strict, sum_attacks, turn_bound_us, us, vm_kib,
 };
 use util::Proc;
@@ -364,48 +364,18 @@ fn echo_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         std::thread::spawn(move || probe(&window, &stop, nice))
     };
 
-    let mut w = Watch {
-        pid,
-        w: 0,
-        kind: Kind::WarmUp,
-        rss_max: [0; 3],
-        last_stats: String::new(),
-        rises: Vec::new(),
-    };
-    let t0 = Instant::now();
-    w.run(&mut echo, Duration::from_secs(1));
-    let mut windows = vec![Window {
-        kind: Kind::WarmUp,
-        from: snap(pid),
-        to: snap(pid),
-    }];
-    let start = |windows: &mut Vec<Window>, w: &mut Watch, kind: Kind| {
-        w.w = windows.len();
-        w.kind = kind;
-        window.store(w.w, Ordering::Relaxed);
-        let s = snap(pid);
-        windows.push(Window {
-            kind,
-            from: s,
-            to: s,
-        });
-    };
-
     // ---- quiet and attack windows, alternating; a quiet one last
-    let mut attack_lines: Vec<Vec<String>> = Vec::new();
-    let mut attacker_cpu = Duration::ZERO;
-    let mut ready_after = Duration::ZERO;
-    let mut attacker_failures = Vec::new();
-    for round in 0..=rounds {
-        start(&mut windows, &mut w, Kind::Quiet);
-        w.run(&mut echo, window_len);
-        windows.last_mut().unwrap().to = snap(pid);
-        if round == rounds {
-            break;
-        }
-        start(&mut windows, &mut w, Kind::Attack);
+    let n = |v: u64| v.to_string();
+    let soak::Run {
+        t0,
+        watch: mut w,
+        windows,
+        attack_lines,
+        attacker_cpu,
+        ready_after,
+        attacker_failures,
+    } = run_windows(&mut echo, pid, &window, rounds, window_len, || {
         let mut cmd = Command::new(&attacker_bin);
-        let n = |v: u64| v.to_string();
         cmd.args(["--addr", &addr.to_string()])
             .args(["--secs", &window_len.as_secs_f64().to_string()])
             .args(["--ping-flood", &n(PING_FLOOD), "--ping-rate", &n(PING_RATE)])
@@ -421,40 +391,8 @@ fn echo_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         }
         // Later options override earlier ones.
         cmd.args(extra_attack.split_whitespace());
-        let spawned = Instant::now();
-        let mut attacker = Proc::from_command(cmd);
-        let give_up = spawned + window_len + Duration::from_secs(60);
-        let mut lines = Vec::new();
-        loop {
-            assert!(
-                Instant::now() < give_up,
-                "the attacker did not finish; its output: {:?}",
-                attacker.seen
-            );
-            w.run(&mut echo, Duration::from_millis(20));
-            let Some(l) = attacker.wait_line("", Duration::from_millis(30)) else {
-                continue;
-            };
-            if l == "READY" {
-                ready_after = ready_after.max(spawned.elapsed());
-            } else if l.starts_with("ATTACK ") {
-                lines.push(l);
-            } else if let Some(c) = l.strip_prefix("CPU ") {
-                attacker_cpu += Duration::from_millis(kv(c, "user_ms") + kv(c, "sys_ms"));
-            } else if l == "DONE" {
-                break;
-            }
-        }
-        let status = attacker.child.wait().expect("attacker exit status");
-        if !status.success() {
-            attacker_failures.push(format!("{status}: {:?}", attacker.seen));
-        }
-        // Its connections ended with its exit: give the server the time to see them all
-        // end, inside the attack window.
-        w.run(&mut echo, Duration::from_millis(300));
-        windows.last_mut().unwrap().to = snap(pid);
-        attack_lines.push(lines);
-    }
+        cmd
+    });
     stop.store(true, Ordering::Relaxed);
     let healthy: Vec<Healthy> = peers
         .into_iter()

@@ -307,3 +307,117 @@ pub fn sum_attacks(
     }
     out
 }
+
+/// What [`run_windows`] produced.
+pub struct Run {
+    /// When the warm-up began.
+    pub t0: Instant,
+    pub watch: Watch,
+    pub windows: Vec<Window>,
+    /// Each attack window's `ATTACK ...` lines.
+    pub attack_lines: Vec<Vec<String>>,
+    /// The attackers' own CPU (their `CPU user_ms=.. sys_ms=..` lines).
+    pub attacker_cpu: Duration,
+    /// The longest an attacker took to say `READY` (zero if none says it).
+    pub ready_after: Duration,
+    /// Attackers that exited with a failure, and what they printed.
+    pub attacker_failures: Vec<String>,
+}
+
+/// The soak's schedule, shared by the echo's and the broker's: a second of warm-up, then
+/// `rounds` quiet and attack windows of `window_len` alternating, and a quiet one last.
+/// `window` tells the healthy peers and the probe which window runs. Each attack window
+/// runs one attacker process made by `attacker` (it prints `ATTACK ...` lines, `CPU
+/// user_ms=.. sys_ms=..`, maybe `READY`, and `DONE`, and stops by itself at the end of
+/// the window), then gives the server 300 ms to see its connections end, inside the
+/// window. The server's RSS and stats lines are sampled all along.
+pub fn run_windows(
+    server: &mut Proc,
+    pid: u32,
+    window: &AtomicUsize,
+    rounds: usize,
+    window_len: Duration,
+    mut attacker: impl FnMut() -> std::process::Command,
+) -> Run {
+    let mut w = Watch {
+        pid,
+        w: 0,
+        kind: Kind::WarmUp,
+        rss_max: [0; 3],
+        last_stats: String::new(),
+        rises: Vec::new(),
+    };
+    let t0 = Instant::now();
+    w.run(server, Duration::from_secs(1));
+    let mut windows = vec![Window {
+        kind: Kind::WarmUp,
+        from: snap(pid),
+        to: snap(pid),
+    }];
+    let start = |windows: &mut Vec<Window>, w: &mut Watch, kind: Kind| {
+        w.w = windows.len();
+        w.kind = kind;
+        window.store(w.w, Ordering::Relaxed);
+        let s = snap(pid);
+        windows.push(Window {
+            kind,
+            from: s,
+            to: s,
+        });
+    };
+    let mut run = Run {
+        t0,
+        watch: w,
+        windows: Vec::new(),
+        attack_lines: Vec::new(),
+        attacker_cpu: Duration::ZERO,
+        ready_after: Duration::ZERO,
+        attacker_failures: Vec::new(),
+    };
+    let w = &mut run.watch;
+    for round in 0..=rounds {
+        start(&mut windows, w, Kind::Quiet);
+        w.run(server, window_len);
+        windows.last_mut().unwrap().to = snap(pid);
+        if round == rounds {
+            break;
+        }
+        start(&mut windows, w, Kind::Attack);
+        let spawned = Instant::now();
+        let mut a = Proc::from_command_with_stderr_lines(attacker());
+        let give_up = spawned + window_len + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        loop {
+            assert!(
+                Instant::now() < give_up,
+                "the attacker did not finish; its output: {:?}",
+                a.seen
+            );
+            w.run(server, Duration::from_millis(20));
+            let Some(l) = a.wait_line("", Duration::from_millis(30)) else {
+                continue;
+            };
+            if l == "READY" {
+                run.ready_after = run.ready_after.max(spawned.elapsed());
+            } else if l.starts_with("ATTACK ") {
+                lines.push(l);
+            } else if let Some(c) = l.strip_prefix("CPU ") {
+                run.attacker_cpu += Duration::from_millis(kv(c, "user_ms") + kv(c, "sys_ms"));
+            } else if l == "DONE" {
+                break;
+            }
+        }
+        let status = a.child.wait().expect("attacker exit status");
+        if !status.success() {
+            run.attacker_failures
+                .push(format!("{status}: {:?}", a.seen));
+        }
+        // Its connections ended with its exit: give the server the time to see them all
+        // end, inside the attack window.
+        w.run(server, Duration::from_millis(300));
+        windows.last_mut().unwrap().to = snap(pid);
+        run.attack_lines.push(lines);
+    }
+    run.windows = windows;
+    run
+}
