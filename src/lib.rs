@@ -203,6 +203,7 @@ pub mod codec;
 mod config;
 mod conn;
 mod event;
+mod fds;
 mod handle;
 // The sans-IO building blocks are internal: their shapes may change in any release.
 // The `unstable-internals` feature exposes them (for the crate's own benches), with no
@@ -232,6 +233,7 @@ pub use clock::Clock;
 pub use codec::Framing;
 pub use config::{ConnConfig, Keepalive, ReactorConfig};
 pub use event::{ConnId, Event, ListenerId, PeerAddr, Readiness, SourceId, StaleId, TimerId};
+pub use fds::reserve_fds;
 pub use handle::{Handle, HandleError};
 pub use heartbeat::Heartbeat;
 pub use outbound::{OutboundConfig, OverflowPolicy, QUEUE_ENTRY_COST};

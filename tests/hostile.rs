@@ -326,6 +326,18 @@ fn the_longest_turn_counts_the_flush_before_the_wait() {
         longest >= took / 2,
         "the poll call took {took:?}, nearly all of it flushing, but the longest turn is {longest:?}"
     );
+    // `last_turn` is that turn's figure (what an owner adds its own handling to).
+    let last = r.last_turn();
+    assert!(
+        last >= took / 2 && last <= took,
+        "the poll call took {took:?}, but last_turn is {last:?}"
+    );
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    assert!(
+        r.last_turn() < last,
+        "an idle turn after it is shorter: {:?}",
+        r.last_turn()
+    );
 }
 
 /// Regression: a `Data` was always a slice of the reactor's 64 KiB read chunk, so an owner

@@ -123,6 +123,8 @@ pub struct Reactor {
     quiet: bool,
     /// When the last poll that was allowed to sleep returned.
     last_wake: Option<Instant>,
+    /// The work of the latest owned turn (see [`Reactor::last_turn`]).
+    last_turn: Duration,
     heartbeat_conns: usize,
     /// Shared with the handles, created by the first [`Reactor::handle`] call.
     shared: Option<Arc<Shared>>,
@@ -199,6 +201,7 @@ impl Reactor {
             charged: 0,
             quiet: false,
             last_wake: None,
+            last_turn: Duration::ZERO,
             heartbeat_conns: 0,
             shared: None,
             commands: VecDeque::new(),
@@ -220,6 +223,17 @@ impl Reactor {
     /// Connections open now (connecting, open or closing).
     pub fn open_connections(&self) -> usize {
         self.stats.open_connections as usize
+    }
+
+    /// The work of the latest [`poll`](Reactor::poll): the flush of what the owner queued
+    /// before the OS poll, plus the turn after it, up to the events' hand-over; the sleep
+    /// in between is not counted ([`Stats::longest_turn_us`](crate::Stats::longest_turn_us) is
+    /// the longest of these).
+    /// The owner's own handling of the events comes after it: an owner that reports how
+    /// long one turn held every connection up adds the two (the broker example's
+    /// `--stats` does). Zero in hosted mode.
+    pub fn last_turn(&self) -> Duration {
+        self.last_turn
     }
 
     /// The `now` of the latest turn.

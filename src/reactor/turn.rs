@@ -82,6 +82,7 @@ impl Reactor {
         // Two more clock reads per turn (~20 ns each): what a slow turn cost everyone else,
         // the flush before the wait included.
         let took = self.clock.now().saturating_duration_since(started) + flushed_in;
+        self.last_turn = took;
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.stats.longest_turn_us = self.stats.longest_turn_us.max(us);
         Ok(())

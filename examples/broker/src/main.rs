@@ -70,6 +70,9 @@ options:
   --stats DUR              every DUR, print a line of counters to stderr (default: never)
   --sndbuf SIZE            SO_SNDBUF of client sockets (default: the kernel's)
   --threads N              reactors (threads) sharing the port (default: the cores)
+  --reserve-fds N          grow the descriptor table to N slots before the threads start,
+                           so that no accept stalls growing it later (default 16384, up
+                           to RLIMIT_NOFILE; 0: off)
   --leaf URL               be a leaf node of the nats-server whose leafnode port is
                            nats://HOST:PORT
   --leaf-ping DUR          PING the hub after this long without traffic; the link is
@@ -113,6 +116,7 @@ fn parse_args() -> Result<Config, lexopt::Error> {
             }
             Long("sndbuf") => cfg.sndbuf = Some(p.value()?.parse_with(opts::parse_size_usize)?),
             Long("threads") => cfg.threads = p.value()?.parse()?,
+            Long("reserve-fds") => cfg.reserve_fds = p.value()?.parse()?,
             Long("leaf") => cfg.leaf = Some(p.value()?.string()?),
             Long("leaf-ping") => cfg.leaf_ping = p.value()?.parse_with(opts::parse_duration)?,
             Short('h') | Long("help") => opts::exit_help(HELP),
@@ -131,6 +135,8 @@ fn parse_args() -> Result<Config, lexopt::Error> {
 fn main() -> std::io::Result<()> {
     let cfg = parse_args().unwrap_or_else(|e| opts::exit_usage("broker", e));
     logger::init("info");
+    // Still one thread: growing the table now waits for nobody (see `reserve_fds`).
+    heartloop::reserve_fds(cfg.reserve_fds)?;
     let (servers, addr) = server::bind_all(&cfg)?;
     println!(
         "broker listening on {} ({} reactors, ping every {:?}, stale after {} unanswered, \
