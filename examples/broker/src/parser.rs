@@ -24,6 +24,7 @@
 //!   [header_len] len`, the queue groups the hub chose this leaf for). Client operations
 //!   are unknown operations there, and leaf operations are unknown to a client parser.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -262,8 +263,12 @@ pub struct Parser {
     /// An operation carried over from earlier pushes: part of a control line, or part of a
     /// payload (then `pending` is set). Empty, without an allocation, otherwise.
     buf: BytesMut,
-    /// The latest pushed bytes not yet consumed.
+    /// The pushed bytes being consumed.
     chunk: Bytes,
+    /// Bytes pushed while `chunk` was not consumed yet (a client whose processing
+    /// yielded or was held back goes on reading a turn's worth), in order: taken up as
+    /// `chunk` runs out, without copying them together.
+    queued: VecDeque<Bytes>,
     pending: Option<Pending>,
     max_payload: usize,
     max_control: usize,
@@ -281,6 +286,7 @@ impl Parser {
         Parser {
             buf: BytesMut::new(),
             chunk: Bytes::new(),
+            queued: VecDeque::new(),
             pending: None,
             max_payload,
             max_control: MAX_CONTROL_LINE,
@@ -305,19 +311,16 @@ impl Parser {
         self.headers = on;
     }
 
-    /// Hand over bytes from the network. Call [`next`](Parser::next) until it returns
-    /// `Ok(None)` before pushing again (pushing earlier works, at the cost of a copy).
+    /// Hand over bytes from the network. Pushing before [`next`](Parser::next) returned
+    /// `Ok(None)` queues them behind what is left, without a copy.
     pub fn push(&mut self, data: Bytes) {
         if self.failed.is_some() || data.is_empty() {
             return;
         }
-        if self.chunk.is_empty() {
+        if self.chunk.is_empty() && self.queued.is_empty() {
             self.chunk = data;
         } else {
-            let mut m = BytesMut::with_capacity(self.chunk.len() + data.len());
-            m.extend_from_slice(&self.chunk);
-            m.extend_from_slice(&data);
-            self.chunk = m.freeze();
+            self.queued.push_back(data);
         }
     }
 
@@ -328,11 +331,21 @@ impl Parser {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let res = self.step();
+        let res = loop {
+            match self.step() {
+                // `step` wants more only once `chunk` is used up.
+                Ok(None) => match self.queued.pop_front() {
+                    Some(next) => self.chunk = next,
+                    None => break Ok(None),
+                },
+                res => break res,
+            }
+        };
         if let Err(e) = &res {
             self.failed = Some(e.clone());
             self.buf = BytesMut::new();
             self.chunk = Bytes::new();
+            self.queued = VecDeque::new();
             self.pending = None;
         }
         res
@@ -341,7 +354,7 @@ impl Parser {
     /// Bytes held for an incomplete operation (for tests and accounting).
     #[allow(dead_code)] // used by the tests
     pub fn buffered(&self) -> usize {
-        self.buf.len() + self.chunk.len()
+        self.buf.len() + self.chunk.len() + self.queued.iter().map(Bytes::len).sum::<usize>()
     }
 
     fn step(&mut self) -> Result<Option<Op>, ParseError> {
