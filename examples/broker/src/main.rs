@@ -70,6 +70,9 @@ options:
   --stats DUR              every DUR, print a line of counters to stderr (default: never)
   --sndbuf SIZE            SO_SNDBUF of client sockets (default: the kernel's)
   --threads N              reactors (threads) sharing the port (default: the cores)
+  --turn-time DUR          the least of the broker's own time per turn before the client
+                           being served yields to the others; more when the reactor's
+                           part of a turn is longer (default 100us)
   --reserve-fds N          grow the descriptor table to N slots before the threads start,
                            so that no accept stalls growing it later (default 16384, up
                            to RLIMIT_NOFILE; 0: off)
@@ -116,6 +119,7 @@ fn parse_args() -> Result<Config, lexopt::Error> {
             }
             Long("sndbuf") => cfg.sndbuf = Some(p.value()?.parse_with(opts::parse_size_usize)?),
             Long("threads") => cfg.threads = p.value()?.parse()?,
+            Long("turn-time") => cfg.turn_time = p.value()?.parse_with(opts::parse_duration)?,
             Long("reserve-fds") => cfg.reserve_fds = p.value()?.parse()?,
             Long("leaf") => cfg.leaf = Some(p.value()?.string()?),
             Long("leaf-ping") => cfg.leaf_ping = p.value()?.parse_with(opts::parse_duration)?,

@@ -27,7 +27,7 @@
 mod leaf;
 mod mesh;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -55,13 +55,32 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// growing for the rest of the turn (the pending limit counts it either way).
 const FLUSH_AT: usize = 64 * 1024;
 
-/// Most messages delivered in one turn before the publisher being processed yields (its
-/// parsed operations wait for the next turn, its reading paused meanwhile): a publish that
-/// fans out to thousands of subscriptions cannot make a turn long for every other client.
-const TURN_DELIVERIES: usize = 8 * 1024;
+/// The least of the broker's own time one turn spends on its clients' operations before
+/// the client being processed yields (its parsed operations, or the rest of its
+/// publish's fan-out, wait for the next turn, its reading paused meanwhile); set by
+/// `--turn-time`. A turn's budget is this or the reactor's part of the last turn (its
+/// flush and reads), whichever is longer: where each turn's flush is costly (a fan-out
+/// to a thousand subscribers: a `write` each), the broker's share grows with it, so that
+/// each flush carries as many messages as before and a turn stays within about twice
+/// the reactor's own work. A publish that fans out to thousands of subscriptions, a
+/// burst of thousands of SUBs, or a cut client's thousands of subscriptions cannot make a
+/// turn long for every other client: the light ones (a request, a PING) are served first
+/// in each turn, and wait at most about one budget behind the heavy ones. The work is
+/// counted in units (an operation one, a delivery one more, a subscription added or
+/// removed [`SUB_COST`] more) to read the clock only every 32 units.
+pub const TURN_TIME: Duration = Duration::from_micros(100);
+
+/// What adding or removing a subscription costs beyond its operation (see [`TURN_TIME`]):
+/// the index, the client's sid map, the interest count, each with a hash of the subject
+/// or the sid.
+const SUB_COST: usize = 4;
 
 /// A subscriber whose queue made progress within this long is draining (see `hold_back`).
 const DRAINING: Duration = Duration::from_millis(50);
+
+/// How long after going over half its `max_pending` a subscriber counts as draining
+/// without having drained since (see `hold_back`).
+const DRAINING_GRACE: Duration = Duration::from_millis(5);
 
 /// Longest a subscriber over half its `max_pending` holds back the publishers that feed
 /// it (nats-server's longest stall of a fast producer).
@@ -119,6 +138,9 @@ pub struct Config {
     /// Descriptor slots to reserve at start-up, before the reactor threads exist
     /// (`heartloop::reserve_fds`: growing the table later stalls an `accept` 10-25 ms).
     pub reserve_fds: usize,
+    /// The least of the broker's own time per turn before a client yields (see
+    /// [`TURN_TIME`]).
+    pub turn_time: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +161,7 @@ impl Default for Config {
             leaf: None,
             leaf_ping: Duration::from_secs(5),
             reserve_fds: 16 * 1024,
+            turn_time: TURN_TIME,
         }
     }
 }
@@ -189,8 +212,10 @@ struct Client {
     over_half_since: Option<Instant>,
     /// When this publisher was held back (while `held_by` is set).
     held_at: Option<Instant>,
-    /// Its processing yielded to the turn's delivery budget (see `TURN_DELIVERIES`).
+    /// Its processing yielded to the turn's budget (see `TURN_TIME`).
     yielded: bool,
+    /// A publish of its own whose fan-out goes on in the next turn.
+    fanout: Option<Box<Fanout>>,
     /// As a publisher: held back by this subscriber (key, conn). Its unprocessed input
     /// waits in `parser`, and reading is paused.
     held_by: Option<(usize, ConnId)>,
@@ -222,7 +247,31 @@ struct Sub {
     max: u64,
     delivered: u64,
     loc: Loc,
+    /// Its client is gone: it waits in `Server::reaping`, receives nothing, and its
+    /// `client` key may already name another client.
+    dead: bool,
+    /// Unique among the subscriptions this reactor ever had: a fan-out that goes on in a
+    /// later turn (`Fanout`) finds its subscription by key and serial, not a new one
+    /// that took the key since.
+    serial: u64,
 }
+
+/// The rest of a publish whose fan-out did not fit in its turn (see `TURN_TIME`): its
+/// publisher goes on with it in the next turn, before its next operation.
+#[derive(Debug)]
+struct Fanout {
+    /// The subscriptions still to deliver to (key, serial), and the next one.
+    subs: Vec<(usize, u64)>,
+    next: usize,
+    subject: Bytes,
+    reply: Option<Bytes>,
+    header_len: Option<usize>,
+    data: Bytes,
+}
+
+/// Deliveries a fan-out makes in a turn even when the turn's budget is spent, so that it
+/// progresses whatever the other clients take.
+const FANOUT_MIN: usize = 64;
 
 /// A subject and queue group: the unit of interest announced to neighbours.
 type Interest = (Bytes, Option<Bytes>);
@@ -316,12 +365,27 @@ pub struct Server {
     holds: u64,
     /// Time publishers spent held back, summed over holds (µs), for `--stats`.
     held_us: u64,
-    /// Messages delivered in this turn (see `TURN_DELIVERIES`).
-    turn_deliveries: usize,
-    /// Publishers whose processing yielded to the delivery budget, in order.
+    /// Work done in this turn, in units (see `TURN_TIME`).
+    turn_work: usize,
+    /// When the broker's work on this turn began, when to look at the clock next (in
+    /// `turn_work` units), and whether the budget is spent (see `turn_spent`).
+    turn_began: Instant,
+    turn_budget: Duration,
+    time_check_at: usize,
+    turn_over: bool,
+    /// Subscriptions of clients that are gone, removed a budget's worth per turn (see
+    /// `disconnected`); they are marked dead meanwhile and receive nothing.
+    reaping: VecDeque<usize>,
+    /// The last `Sub::serial` given.
+    sub_serial: u64,
+    /// Per publish: this reactor's subscriptions to deliver to (reused).
+    fan: Vec<usize>,
+    /// Clients whose processing yielded to the work budget, in order.
     yielded: Vec<(usize, ConnId)>,
     /// Times a publisher yielded, for `--stats`.
     yields: u64,
+    /// Publishes whose fan-out went on in a later turn, for `--stats`.
+    splits: u64,
     /// The longest a turn held every client up, the broker's handling of its events
     /// included (see `run`), for `--stats`.
     longest_turn_us: u64,
@@ -448,9 +512,17 @@ impl Server {
             slow_consumers: 0,
             holds: 0,
             held_us: 0,
-            turn_deliveries: 0,
+            turn_work: 0,
+            turn_began: Instant::now(),
+            turn_budget: TURN_TIME,
+            time_check_at: 0,
+            turn_over: false,
+            reaping: VecDeque::new(),
+            sub_serial: 0,
+            fan: Vec::new(),
             yielded: Vec::new(),
             yields: 0,
+            splits: 0,
             longest_turn_us: 0,
             remote_origin: false,
             interest: HashMap::new(),
@@ -482,7 +554,7 @@ impl Server {
                 // A peer reactor's inbox was full: try again soon (see `mesh.rs`).
                 timeout = Some(timeout.map_or(mesh::RETRY, |t| t.min(mesh::RETRY)));
             }
-            if !self.yielded.is_empty() {
+            if !self.yielded.is_empty() || !self.reaping.is_empty() {
                 timeout = Some(Duration::ZERO); // their work goes on in the next turn
             }
             self.fresh_hold = false;
@@ -497,12 +569,19 @@ impl Server {
                     .max(u64::try_from(us).unwrap_or(u64::MAX));
             }
             let woke = Instant::now();
-            self.turn_deliveries = 0;
-            self.resume_yielded();
-            self.release_held();
+            self.turn_work = 0;
+            self.turn_began = woke;
+            self.turn_budget = self.cfg.turn_time.max(self.reactor.last_turn());
+            self.time_check_at = 0;
+            self.turn_over = false;
+            // What came in now first (mostly light: a request, a PING), then the clients
+            // that yielded in earlier turns, then what the gone ones left.
             for ev in events.drain(..) {
                 self.on_event(ev);
             }
+            self.resume_yielded();
+            self.release_held();
+            self.reap();
             self.flush_batches();
             handling = Some(woke.elapsed());
         }
@@ -588,21 +667,23 @@ impl Server {
     fn hold_back(&mut self, s: usize) -> bool {
         let pending = self.pending(s);
         let now = self.reactor.now();
-        // Only for a subscriber that is draining: one whose queue the kernel has not
-        // taken a byte of for `DRAINING` is not reading, and holding producers back for it
-        // would only stall them (a non-reading `>` subscriber would hold up every
-        // publisher for a second at a time); it is left to reach max_pending.
-        let draining = self
-            .reactor
-            .write_stalled_for(self.clients[s].conn)
-            .is_none_or(|waited| waited < DRAINING);
+        let waited = self.reactor.write_stalled_for(self.clients[s].conn);
         let c = &mut self.clients[s];
-        if pending <= self.cfg.max_pending / 2 || !draining {
+        if pending <= self.cfg.max_pending / 2 {
             c.over_half_since = None;
             return false;
         }
         let since = *c.over_half_since.get_or_insert(now);
-        now.saturating_duration_since(since) < STALL_MAX
+        let over_for = now.saturating_duration_since(since);
+        // Only for a subscriber that is draining: the kernel took some of its queue in
+        // the last `DRAINING`, and (after `DRAINING_GRACE`) since it went over half. One
+        // that does not read is left to reach max_pending: holding producers back for it
+        // would only stall them (a non-reading `>` subscriber would hold up every
+        // publisher), and a fresh one, whose socket buffers took its first kilobytes,
+        // looked like a drainer for 50 ms and held every healthy publisher that long.
+        let draining =
+            waited.is_none_or(|w| w < DRAINING && (over_for < DRAINING_GRACE || w < over_for));
+        draining && over_for < STALL_MAX
     }
 
     /// Bytes pending for a client: its batch and what the reactor holds for it.
@@ -659,7 +740,7 @@ impl Server {
         let s = self.reactor.stats();
         let d = s.disconnects;
         eprintln!(
-            "stats: clients {} subs {} slow consumers {} holds {} held {} held for {} ms yields {} accepted {} read {} \
+            "stats: clients {} subs {} slow consumers {} holds {} held {} held for {} ms yields {} splits {} accepted {} read {} \
              B written {} B queued {} B (peak {}) turns {} longest turn {} us disconnects {} \
              (reset {}, peer closed {}, slow peer {}, protocol {}, heartbeat {})",
             self.clients.len(),
@@ -669,6 +750,7 @@ impl Server {
             self.held.len(),
             self.held_us / 1000,
             self.yields,
+            self.splits,
             s.accepted,
             s.bytes_read,
             s.bytes_written,
@@ -704,6 +786,7 @@ impl Server {
             over_half_since: None,
             held_at: None,
             yielded: false,
+            fanout: None,
             held_by: None,
             eof: false,
             subs_changed: false,
@@ -783,18 +866,26 @@ impl Server {
     /// (`may_hold`) a subscriber it delivered to holds it back.
     fn process(&mut self, key: usize, may_hold: bool) {
         loop {
-            match self.clients[key].parser.next() {
-                Ok(Some(op)) => self.op(key, op),
-                Ok(None) => break,
-                Err(e) => {
-                    self.fatal(key, &e);
-                    break;
+            if self.clients[key].fanout.is_some() {
+                // The rest of its last publish comes before its next operation.
+                self.resume_fan_out(key, may_hold);
+            } else {
+                match self.clients[key].parser.next() {
+                    Ok(Some(op)) => self.op(key, op),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fatal(key, &e);
+                        break;
+                    }
                 }
             }
-            if self.clients[key].closing {
+            self.turn_work += 1;
+            let c = &self.clients[key];
+            if c.closing {
                 break;
             }
-            if may_hold && self.turn_deliveries >= TURN_DELIVERIES && self.hold.is_none() {
+            let spent = c.fanout.is_some() || self.turn_spent();
+            if may_hold && spent && self.hold.is_none() {
                 let c = &mut self.clients[key];
                 c.yielded = true;
                 let _ = self.reactor.pause_reading(c.conn);
@@ -921,7 +1012,13 @@ impl Server {
             max: 0,
             delivered: 0,
             loc,
+            dead: false,
+            serial: {
+                self.sub_serial += 1;
+                self.sub_serial
+            },
         });
+        self.turn_work += SUB_COST;
         let c = &mut self.clients[key];
         c.subs.insert(sid, skey);
         c.subs_changed = true;
@@ -941,14 +1038,38 @@ impl Server {
 
     fn remove_sub(&mut self, skey: usize) {
         let sub = self.subs.remove(skey);
+        self.turn_work += SUB_COST;
         if let Some((moved, loc)) = self.index.remove(sub.loc) {
             self.subs[moved].loc = loc;
         }
-        if let Some(c) = self.clients.get_mut(sub.client) {
+        if !sub.dead
+            && let Some(c) = self.clients.get_mut(sub.client)
+        {
             c.subs.remove(&sub.sid);
             c.subs_changed = true;
         }
         self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
+    }
+
+    /// Whether this turn's budget is spent (see [`TURN_TIME`]; the clock is read every
+    /// 32 units of work). Once spent, it stays spent until the next turn.
+    fn turn_spent(&mut self) -> bool {
+        if !self.turn_over && self.turn_work >= self.time_check_at {
+            self.time_check_at = self.turn_work + 32;
+            self.turn_over = self.turn_began.elapsed() >= self.turn_budget;
+        }
+        self.turn_over
+    }
+
+    /// Remove the gone clients' subscriptions, while the turn's budget lasts (at least
+    /// one per turn).
+    fn reap(&mut self) {
+        while let Some(skey) = self.reaping.pop_front() {
+            self.remove_sub(skey);
+            if self.turn_spent() {
+                break;
+            }
+        }
     }
 
     /// Change the count of subscriptions on `key` and tell the neighbours what they must
@@ -1085,7 +1206,7 @@ impl Server {
         let sid = m
             .plain
             .iter()
-            .find(|&&s| self.subs[s].client == key)
+            .find(|&&s| !self.subs[s].dead && self.subs[s].client == key)
             .map(|&s| self.subs[s].sid.clone());
         self.matches = m;
         if let Some(sid) = sid {
@@ -1132,10 +1253,13 @@ impl Server {
         };
         let filtered = matches!(from, Source::Nbr(_));
         let mut delivered = 0;
+        // This reactor's subscriptions to deliver to, in order: delivered below while the
+        // turn's budget lasts (see `fan_out`).
+        let mut fan = std::mem::take(&mut self.fan);
+        fan.clear();
         for &s in &m.plain {
             if self.eligible(client, s) {
-                self.deliver(client, s, subject, reply, header_len, &data);
-                delivered += 1;
+                fan.push(s);
             }
         }
         let mut targets = std::mem::take(&mut self.targets);
@@ -1171,10 +1295,7 @@ impl Server {
                 far_groups.get(name).copied().unwrap_or(&[])
             };
             match self.pick(from, client, members, far) {
-                Pick::Local(s) => {
-                    self.deliver(client, s, subject, reply, header_len, &data);
-                    delivered += 1;
-                }
+                Pick::Local(s) => fan.push(s),
                 Pick::Far(nbr) => target(&mut targets, nbr, Some(name)),
                 Pick::Nobody => {}
             }
@@ -1191,6 +1312,9 @@ impl Server {
         }
         self.matches = m;
         self.nmatches = nm;
+        delivered += fan.len();
+        self.fan_out(client, &fan, subject, reply, header_len, &data);
+        self.fan = fan;
         for t in targets.drain(..) {
             delivered += 1;
             if t.nbr == self.nreactors {
@@ -1209,6 +1333,77 @@ impl Server {
         }
         self.targets = targets;
         delivered
+    }
+
+    /// Deliver a message to this reactor's subscriptions `local`. A client's publish stops
+    /// once the turn's budget is spent (after at least [`FANOUT_MIN`] deliveries) and
+    /// leaves the rest to its publisher's next turn (`Client::fanout`, taken up first by
+    /// `process`); one from a neighbour is delivered whole.
+    fn fan_out(
+        &mut self,
+        client: Option<usize>,
+        local: &[usize],
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        header_len: Option<usize>,
+        data: &Bytes,
+    ) {
+        for (i, &s) in local.iter().enumerate() {
+            if let Some(k) = client
+                && i >= FANOUT_MIN
+                && self.turn_spent()
+            {
+                let subs = local[i..]
+                    .iter()
+                    .map(|&s| (s, self.subs[s].serial))
+                    .collect();
+                self.splits += 1;
+                self.clients[k].fanout = Some(Box::new(Fanout {
+                    subs,
+                    next: 0,
+                    subject: Bytes::copy_from_slice(subject),
+                    reply: reply.map(Bytes::copy_from_slice),
+                    header_len,
+                    data: data.clone(),
+                }));
+                return;
+            }
+            // Still eligible: an earlier delivery may have cut its client, or removed it
+            // (auto-unsubscribe).
+            if self.subs.get(s).is_some() && self.eligible(client, s) {
+                self.deliver(client, s, subject, reply, header_len, data);
+            }
+        }
+    }
+
+    /// Go on with client `key`'s unfinished fan-out: while the turn's budget lasts (at
+    /// least [`FANOUT_MIN`] deliveries), or to its end when not `budgeted`.
+    fn resume_fan_out(&mut self, key: usize, budgeted: bool) {
+        let Some(mut f) = self.clients[key].fanout.take() else {
+            return;
+        };
+        let mut done = 0;
+        while f.next < f.subs.len() {
+            if budgeted && done >= FANOUT_MIN && self.turn_spent() {
+                self.clients[key].fanout = Some(f);
+                return;
+            }
+            let (s, serial) = f.subs[f.next];
+            f.next += 1;
+            if self.subs.get(s).is_some_and(|sub| sub.serial == serial)
+                && self.eligible(Some(key), s)
+            {
+                self.deliver(
+                    Some(key),
+                    s,
+                    &f.subject,
+                    f.reply.as_deref(),
+                    f.header_len,
+                    &f.data,
+                );
+                done += 1;
+            }
+        }
     }
 
     /// The member of a queue group that gets a message: each of this reactor's `members`
@@ -1273,9 +1468,12 @@ impl Server {
     }
 
     fn eligible(&self, from: Option<usize>, s: usize) -> bool {
-        let ck = self.subs[s].client;
-        let c = &self.clients[ck];
-        !c.closing && (from != Some(ck) || c.opts.echo)
+        let sub = &self.subs[s];
+        if sub.dead {
+            return false;
+        }
+        let c = &self.clients[sub.client];
+        !c.closing && (from != Some(sub.client) || c.opts.echo)
     }
 
     /// Append the message for subscription `s` to its client's batch (a large payload is
@@ -1291,7 +1489,7 @@ impl Server {
         header_len: Option<usize>,
         data: &Bytes,
     ) {
-        self.turn_deliveries += 1;
+        self.turn_work += 1;
         let sub = &mut self.subs[s];
         let ck = sub.client;
         let c = &mut self.clients[ck];
@@ -1480,16 +1678,15 @@ impl Server {
         // A publisher held back when it went: what it sent before is still delivered
         // (nats-server processes every read before it sees the end).
         let c = &mut self.clients[key];
-        if c.held_by.take().is_some() && !c.closing {
+        if (c.held_by.take().is_some() || c.fanout.is_some()) && !c.closing {
             self.process(key, false);
         }
         let c = self.clients.remove(key);
+        // Thousands of subscriptions take a millisecond to remove: they are marked dead
+        // now (nothing is delivered to them) and removed over the next turns (`reap`).
         for (_, skey) in c.subs {
-            let sub = self.subs.remove(skey);
-            if let Some((moved, loc)) = self.index.remove(sub.loc) {
-                self.subs[moved].loc = loc;
-            }
-            self.change_interest(sub.key, |c| c.clients = c.clients.saturating_sub(1));
+            self.subs[skey].dead = true;
+            self.reaping.push_back(skey);
         }
         match cause {
             _ if c.cut => log::debug!("{conn} ({}, {:?}) closed: {cause}", c.peer, c.name),
