@@ -604,19 +604,22 @@ impl Server {
                 let Some((s, sconn)) = self.client(key, conn).and_then(|c| c.held_by) else {
                     return Duration::ZERO;
                 };
-                let stall_max = self
-                    .client(s, sconn)
-                    .and_then(|s| s.over_half_since)
-                    .map_or(Duration::ZERO, |since| {
-                        (since + STALL_MAX).saturating_duration_since(now)
-                    });
+                let since = self.client(s, sconn).and_then(|s| s.over_half_since);
+                let stall_max = since.map_or(Duration::ZERO, |since| {
+                    (since + STALL_MAX).saturating_duration_since(now)
+                });
+                // Past the grace, one that has not drained since it went over half lets go.
+                let grace = since
+                    .and_then(|since| (since + DRAINING_GRACE).checked_duration_since(now))
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::MAX);
                 // A subscriber that stops draining lets its publishers go `DRAINING` after
                 // its queue last moved (see `hold_back`).
                 let drain = self
                     .reactor
                     .write_stalled_for(sconn)
                     .map_or(STALL_MAX, |waited| DRAINING.saturating_sub(waited));
-                stall_max.min(drain)
+                stall_max.min(drain).min(grace)
             })
             .min()
     }

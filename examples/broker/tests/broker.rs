@@ -1021,9 +1021,12 @@ fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_default();
     eprintln!("publishers held {holds} times, {held_ms} ms in all: {last}");
-    // Held for it until it drained or for STALL_MAX, this would be 1,000 ms or more.
+    // Held for it until it drained or for STALL_MAX, this would be 1,000 ms or more; until
+    // `DRAINING` (50 ms) after its socket buffers took its first kilobytes, about 49 ms.
+    // It lets go after `DRAINING_GRACE` (5 ms) now: it has not drained since it went over
+    // half.
     assert!(
-        held_ms < 500,
+        held_ms < 40,
         "publishers were held {held_ms} ms ({holds} holds)"
     );
 }
