@@ -520,3 +520,81 @@ fn send_buffer_bounds_what_the_kernel_holds_for_a_peer_that_does_not_read() {
     );
     assert_eq!(r.queued(conn), Some(4 * MIB - written));
 }
+
+/// Regression: `close` shut down and closed the socket at once, and the kernel's share of
+/// a TCP close over loopback (~15 µs) runs in the caller: an owner that closed 300
+/// connections in one turn (a slowloris crowd whose process exited) held every other
+/// connection up ~5 ms. Ended connections leave the table at once (every `Disconnected`
+/// in the same turn) and their sockets are closed over the next turns, a slice of time
+/// per turn; every peer still sees its FIN (no reset), and nothing is lost.
+#[test]
+fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
+    use std::io::{ErrorKind, Read};
+    let _s = serial();
+    const N: usize = 300;
+    let (mut r, addr) = listening(ConnConfig::default());
+    let mut log = Vec::new();
+    let mut peers = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let p = TcpStream::connect(addr).unwrap();
+        p.set_nonblocking(true).unwrap();
+        peers.push(p);
+        conns.push(accept_one_more(&mut r, addr, &mut log));
+    }
+    // Each sends a little the server never reads: closing without reading it first
+    // would be a reset, not a FIN.
+    for p in &mut peers {
+        p.write_all(b"unread").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for &c in &conns {
+        r.close(c).unwrap();
+    }
+    log.clear();
+    r.poll(&mut log, Some(Duration::ZERO)).unwrap();
+    let ended = log
+        .iter()
+        .filter(|e| matches!(e, Event::Disconnected { .. }))
+        .count();
+    assert_eq!(ended, N, "every Disconnected in the turn after the closes");
+    // Which peers saw their FIN after that one turn.
+    let fin = |p: &mut TcpStream| -> Option<bool> {
+        let mut b = [0u8; 64];
+        match p.read(&mut b) {
+            Ok(0) => Some(true),
+            Ok(_) => panic!("the server sent nothing"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Some(false),
+            Err(e) => panic!("a peer saw {e} instead of a FIN"),
+        }
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let mut closed_after_one = 0;
+    for p in &mut peers {
+        if fin(p) == Some(true) {
+            closed_after_one += 1;
+        }
+    }
+    assert!(
+        closed_after_one < N,
+        "all {N} sockets were closed in one turn"
+    );
+    assert!(
+        closed_after_one >= 8,
+        "at least a few per turn: {closed_after_one}"
+    );
+    let mut turns = 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open: Vec<usize> = (0..N).collect();
+    while !open.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} sockets never closed",
+            open.len()
+        );
+        r.poll(&mut log, Some(Duration::from_millis(1))).unwrap();
+        turns += 1;
+        open.retain(|&i| fin(&mut peers[i]) != Some(true));
+    }
+    eprintln!("{closed_after_one} of {N} closed in the first turn, all after {turns} turns");
+}

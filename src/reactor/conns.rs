@@ -4,7 +4,7 @@
 //! Every decision is the [`Lifecycle`]'s: the code here reports facts to it and carries out
 //! the [`Step`] it returns ([`Reactor::obey`]).
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
@@ -143,7 +143,10 @@ impl Reactor {
     /// the connection's `linger`. Ends with `Disconnected { cause: Closed }` at the peer's
     /// EOF, or when linger runs out with everything handed to the kernel; `SlowPeer` if
     /// linger ran out with bytes still queued. With nothing queued it ends at once.
-    /// `Err(StaleId)` for a stale id.
+    /// `Err(StaleId)` for a stale id. The socket itself is closed at once for the first
+    /// few connections that end between two polls; beyond those, at the start of the next
+    /// polls, a slice of time per poll (the kernel's share of a TCP close runs in the
+    /// caller: closing hundreds at once held every other connection up for milliseconds).
     ///
     /// ```no_run
     /// # use bytes::Bytes;
@@ -165,11 +168,10 @@ impl Reactor {
         };
         match c.lc.on_close_requested(!c.out.is_empty()) {
             Step::End(cause) => {
-                // Nothing to deliver: end now. Unread input would turn our FIN into a
-                // reset, so read what is waiting first (bounded).
-                drain_input(&mut c.sock);
-                let _ = c.sock.shutdown(Shutdown::Write);
-                self.end(id, cause);
+                // Nothing to deliver: end now. The socket is closed in a later turn's
+                // teardown, which reads what is waiting first (unread input would turn
+                // our FIN into a reset) and shuts the write side down.
+                self.end_as(id, cause, true);
             }
             step => self.obey(id, step),
         }
@@ -445,6 +447,12 @@ impl Reactor {
     /// End a connection: exactly once, with exactly one `Disconnected` event. Only the
     /// lifecycle's `End` step leads here.
     fn end(&mut self, id: ConnId, cause: Cause) {
+        self.end_as(id, cause, false);
+    }
+
+    /// [`end`](Reactor::end); `graceful`: `close` with nothing left to send (see
+    /// `teardown::Grave`).
+    fn end_as(&mut self, id: ConnId, cause: Cause, graceful: bool) {
         let Some(Entry::Conn(mut c)) = self.table.remove(id) else {
             return;
         };
@@ -479,22 +487,9 @@ impl Reactor {
             // peer that only learns it was cut after reading it all. Reset instead.
             let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
         }
-        // Dropping the socket closes the fd, which also removes it from epoll.
-        drop(c);
+        // Closed at the start of a later turn, within a budget (see `teardown.rs`).
+        self.bury(c.sock, graceful);
         self.pending.push(Event::Disconnected { conn: id, cause });
         self.check_shut_down();
-    }
-}
-
-/// Read and discard what waits in the socket's receive queue (at most 256 KiB), so that
-/// closing it sends FIN rather than a reset.
-fn drain_input(sock: &mut Stream) {
-    let mut buf = [0u8; 8192];
-    for _ in 0..32 {
-        match sock.read(&mut buf) {
-            Ok(n) if n == buf.len() => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            _ => return, // drained, EOF, WouldBlock or an error
-        }
     }
 }

@@ -86,6 +86,7 @@ impl Reactor {
     /// expire timers and heartbeats, apply handle commands, flush, and append what
     /// happened to `out`.
     pub fn turn(&mut self, out: &mut Vec<Event>) {
+        self.close_buried();
         self.begin_turn();
         self.stats.turns += 1;
         self.finish_turn(out);

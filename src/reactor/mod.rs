@@ -40,6 +40,7 @@ mod handover;
 mod read;
 mod socket;
 mod table;
+mod teardown;
 mod turn;
 mod write;
 
@@ -100,6 +101,10 @@ pub struct Reactor {
     held: Vec<ConnId>,
     /// Connections with queued bytes to flush before the loop sleeps.
     dirty: Vec<ConnId>,
+    /// Sockets of ended connections, closed a budget's worth per turn (`teardown.rs`),
+    /// and those closed at once since the last poll.
+    graves: teardown::Graves,
+    closed_now: usize,
     /// Events produced since the last hand-over.
     pending: Vec<Event>,
     /// Shared read buffer; `Data` events are slices of it. Kept fully initialized.
@@ -189,6 +194,8 @@ impl Reactor {
             turn_bytes_left: cfg.turn_bytes,
             held: Vec::new(),
             dirty: Vec::new(),
+            graves: Default::default(),
+            closed_now: 0,
             pending: Vec::new(),
             rbuf: BytesMut::new(),
             hdr: BytesMut::new(),

@@ -25,7 +25,11 @@ impl Reactor {
             .shared
             .as_ref()
             .is_some_and(|s| s.woken.load(Ordering::Acquire));
-        if !self.pending.is_empty() || !self.ready.is_empty() || !self.dirty.is_empty() || commands
+        if !self.pending.is_empty()
+            || !self.ready.is_empty()
+            || !self.dirty.is_empty()
+            || !self.graves.is_empty()
+            || commands
         {
             return Some(Duration::ZERO);
         }
@@ -45,7 +49,9 @@ impl Reactor {
         self.now = self.clock.now();
         let flush_started = self.now;
         self.flush_dirty();
-        // The flush is work every connection waits behind, as much as the turn's own.
+        self.close_buried();
+        // The flush (and the sockets closed) is work every connection waits behind, as
+        // much as the turn's own.
         let flushed_in = self.clock.now().saturating_duration_since(flush_started);
         let mut wait = self.next_timeout();
         if let Some(t) = timeout {
