@@ -71,8 +71,8 @@ options:
   --sndbuf SIZE            SO_SNDBUF of client sockets (default: the kernel's)
   --threads N              reactors (threads) sharing the port (default: the cores)
   --turn-time DUR          the least of the broker's own time per turn before the client
-                           being served yields to the others; more when the reactor's
-                           part of a turn is longer (default 100us)
+                           being served yields to the others; more when the last turn
+                           wrote to many clients (default 25us)
   --reserve-fds N          grow the descriptor table to N slots before the threads start,
                            so that no accept stalls growing it later (default 16384, up
                            to RLIMIT_NOFILE; 0: off)

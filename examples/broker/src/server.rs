@@ -58,17 +58,23 @@ const FLUSH_AT: usize = 64 * 1024;
 /// The least of the broker's own time one turn spends on its clients' operations before
 /// the client being processed yields (its parsed operations, or the rest of its
 /// publish's fan-out, wait for the next turn, its reading paused meanwhile); set by
-/// `--turn-time`. A turn's budget is this or the reactor's part of the last turn (its
-/// flush and reads), whichever is longer: where each turn's flush is costly (a fan-out
-/// to a thousand subscribers: a `write` each), the broker's share grows with it, so that
-/// each flush carries as many messages as before and a turn stays within about twice
-/// the reactor's own work. A publish that fans out to thousands of subscriptions, a
-/// burst of thousands of SUBs, or a cut client's thousands of subscriptions cannot make a
-/// turn long for every other client: the light ones (a request, a PING) are served first
-/// in each turn, and wait at most about one budget behind the heavy ones. The work is
-/// counted in units (an operation one, a delivery one more, a subscription added or
-/// removed [`SUB_COST`] more) to read the clock only every 32 units.
-pub const TURN_TIME: Duration = Duration::from_micros(100);
+/// `--turn-time`. A turn's budget is this, or the reactor's part of the last turn (its
+/// flush, reads and closes) as far as writes explain it (at most [`WRITE_COST`] per
+/// client the last turn handed a batch to), whichever is longer: where each turn's flush
+/// is costly (a fan-out to a thousand subscribers: a `write` each), the broker's share
+/// grows with it, so that each `write` carries as many messages as without the budget;
+/// where the reactor's turn is long for other reasons (reading a burst), it does not. A publish that fans out to thousands of
+/// subscriptions, a burst of thousands of SUBs, or a cut client's thousands of
+/// subscriptions cannot make a turn long for every other client: the light ones (a
+/// request, a PING) are served first in each turn, and wait at most about one budget
+/// behind the heavy ones. The work is counted in units (an operation one, a delivery one
+/// more, a subscription added or removed [`SUB_COST`] more) to read the clock only every
+/// 32 units.
+pub const TURN_TIME: Duration = Duration::from_micros(25);
+
+/// The most one `write` to a client is taken to cost the reactor's flush (loopback, this
+/// machine: 2-10 µs, the receiver's wakeup included); see [`TURN_TIME`].
+const WRITE_COST: Duration = Duration::from_micros(10);
 
 /// What adding or removing a subscription costs beyond its operation (see [`TURN_TIME`]):
 /// the index, the client's sid map, the interest count, each with a hash of the subject
@@ -271,7 +277,7 @@ struct Fanout {
 
 /// Deliveries a fan-out makes in a turn even when the turn's budget is spent, so that it
 /// progresses whatever the other clients take.
-const FANOUT_MIN: usize = 64;
+const FANOUT_MIN: usize = 16;
 
 /// A subject and queue group: the unit of interest announced to neighbours.
 type Interest = (Bytes, Option<Bytes>);
@@ -371,6 +377,8 @@ pub struct Server {
     /// `turn_work` units), and whether the budget is spent (see `turn_spent`).
     turn_began: Instant,
     turn_budget: Duration,
+    /// Clients the last turn handed a batch to (see `TURN_TIME`).
+    flushed: usize,
     time_check_at: usize,
     turn_over: bool,
     /// Subscriptions of clients that are gone, removed a budget's worth per turn (see
@@ -515,6 +523,7 @@ impl Server {
             turn_work: 0,
             turn_began: Instant::now(),
             turn_budget: TURN_TIME,
+            flushed: 0,
             time_check_at: 0,
             turn_over: false,
             reaping: VecDeque::new(),
@@ -571,7 +580,12 @@ impl Server {
             let woke = Instant::now();
             self.turn_work = 0;
             self.turn_began = woke;
-            self.turn_budget = self.cfg.turn_time.max(self.reactor.last_turn());
+            let writes = u32::try_from(self.flushed).unwrap_or(u32::MAX);
+            self.turn_budget = self.cfg.turn_time.max(
+                self.reactor
+                    .last_turn()
+                    .min(WRITE_COST.saturating_mul(writes)),
+            );
             self.time_check_at = 0;
             self.turn_over = false;
             // What came in now first (mostly light: a request, a PING), then the clients
@@ -1659,6 +1673,7 @@ impl Server {
 
     /// After a batch of events, before the loop polls (and so writes) again.
     fn flush_batches(&mut self) {
+        self.flushed = self.dirty.len();
         let mut dirty = std::mem::take(&mut self.dirty);
         for key in dirty.drain(..) {
             self.flush(key);
