@@ -693,13 +693,15 @@ impl Server {
         let since = *c.over_half_since.get_or_insert(now);
         let over_for = now.saturating_duration_since(since);
         // Only for a subscriber that is draining: the kernel took some of its queue in
-        // the last `DRAINING`, and (after `DRAINING_GRACE`) since it went over half. One
-        // that does not read is left to reach max_pending: holding producers back for it
-        // would only stall them (a non-reading `>` subscriber would hold up every
-        // publisher), and a fresh one, whose socket buffers took its first kilobytes,
+        // the last `DRAINING`, and (after `DRAINING_GRACE`) since the grace began (the
+        // flush right after it went over half may still top up a non-reader's socket
+        // buffers). One that does not read is left to reach max_pending: holding
+        // producers back for it would only stall them (a non-reading `>` subscriber would
+        // hold up every publisher), and one whose socket buffers took some kilobytes
         // looked like a drainer for 50 ms and held every healthy publisher that long.
-        let draining =
-            waited.is_none_or(|w| w < DRAINING && (over_for < DRAINING_GRACE || w < over_for));
+        let draining = waited.is_none_or(|w| {
+            w < DRAINING && (over_for < DRAINING_GRACE || w + DRAINING_GRACE <= over_for)
+        });
         draining && over_for < STALL_MAX
     }
 
