@@ -227,6 +227,10 @@ struct Client {
     held_by: Option<(usize, ConnId)>,
     /// The peer finished sending: close once its input is processed.
     eof: bool,
+    /// Its connection ended (with this cause) while its processing was deferred (yielded
+    /// or held back): the rest of what it sent is still processed, a budget's worth per
+    /// turn, then it is removed (see `disconnected`). Nothing is delivered to it.
+    gone: Option<Cause>,
     /// Subscribed or unsubscribed since its last PING: the next PONG waits until the
     /// other reactors have seen the change (see `mesh.rs`).
     subs_changed: bool,
@@ -654,7 +658,11 @@ impl Server {
             let Some((s, sconn)) = self.client(key, conn).and_then(|c| c.held_by) else {
                 continue;
             };
-            if self.client(s, sconn).is_some_and(|c| !c.closing) && self.hold_back(s) {
+            if self
+                .client(s, sconn)
+                .is_some_and(|c| !c.closing && c.gone.is_none())
+                && self.hold_back(s)
+            {
                 self.held.push((key, conn));
                 continue;
             }
@@ -808,6 +816,7 @@ impl Server {
             fanout: None,
             held_by: None,
             eof: false,
+            gone: None,
             subs_changed: false,
             remote_holds: 0,
             barriers: 0,
@@ -864,6 +873,18 @@ impl Server {
                 continue;
             };
             c.yielded = false;
+            if c.gone.is_some() {
+                if !c.closing {
+                    self.process(key, false);
+                }
+                let c = &self.clients[key];
+                if c.closing || !c.yielded {
+                    // Its input is done (or ended in a protocol error): now it goes.
+                    let cause = self.clients[key].gone.take().unwrap_or(Cause::Closed);
+                    self.remove_client(key, conn, cause);
+                }
+                continue;
+            }
             if c.closing {
                 continue;
             }
@@ -884,10 +905,15 @@ impl Server {
     /// Run the client's parsed operations until more input is needed, it is closing, or
     /// (`may_hold`) a subscriber it delivered to holds it back.
     fn process(&mut self, key: usize, may_hold: bool) {
+        // A gone client yields to the budget like any other, but is never held back: there
+        // is no reading of its to pause.
+        let gone = self.clients[key].gone.is_some();
+        let may_yield = may_hold || gone;
+        let may_hold = may_hold && !gone;
         loop {
             if self.clients[key].fanout.is_some() {
                 // The rest of its last publish comes before its next operation.
-                self.resume_fan_out(key, may_hold);
+                self.resume_fan_out(key, may_yield);
             } else {
                 match self.clients[key].parser.next() {
                     Ok(Some(op)) => self.op(key, op),
@@ -899,12 +925,15 @@ impl Server {
                 }
             }
             self.turn_work += 1;
+            if !may_hold {
+                self.hold = None;
+            }
             let c = &self.clients[key];
             if c.closing {
                 break;
             }
             let spent = c.fanout.is_some() || self.turn_spent();
-            if may_hold && spent && self.hold.is_none() {
+            if may_yield && spent && self.hold.is_none() {
                 let c = &mut self.clients[key];
                 c.yielded = true;
                 let _ = self.reactor.pause_reading(c.conn);
@@ -1492,7 +1521,7 @@ impl Server {
             return false;
         }
         let c = &self.clients[sub.client];
-        !c.closing && (from != Some(sub.client) || c.opts.echo)
+        !c.closing && c.gone.is_none() && (from != Some(sub.client) || c.opts.echo)
     }
 
     /// Append the message for subscription `s` to its client's batch (a large payload is
@@ -1695,12 +1724,26 @@ impl Server {
         let Some(key) = self.by_conn.remove(&conn) else {
             return;
         };
-        // A publisher held back when it went: what it sent before is still delivered
-        // (nats-server processes every read before it sees the end).
+        // A client whose processing was deferred (it yielded to the turn's budget, or was
+        // held back) when it went: what it sent before is still processed (nats-server
+        // processes every read before it sees the end), a budget's worth per turn like
+        // any other client's, and then it is removed (`resume_yielded`).
         let c = &mut self.clients[key];
-        if (c.held_by.take().is_some() || c.fanout.is_some()) && !c.closing {
-            self.process(key, false);
+        if !c.closing && (c.yielded || c.held_by.is_some() || c.fanout.is_some()) {
+            c.gone = Some(cause);
+            c.held_by = None;
+            c.held_at = None;
+            if !c.yielded {
+                c.yielded = true;
+                self.yielded.push((key, conn));
+            }
+            return;
         }
+        self.remove_client(key, conn, cause);
+    }
+
+    /// Remove a client whose connection ended, and whose input is done.
+    fn remove_client(&mut self, key: usize, conn: ConnId, cause: Cause) {
         let c = self.clients.remove(key);
         // Thousands of subscriptions take a millisecond to remove: they are marked dead
         // now (nothing is delivered to them) and removed over the next turns (`reap`).

@@ -325,7 +325,11 @@ impl Server {
         let Some(((s, sconn), origin)) = self.mesh.stall else {
             return;
         };
-        if self.client(s, sconn).is_some_and(|c| !c.closing) && self.hold_back(s) {
+        if self
+            .client(s, sconn)
+            .is_some_and(|c| !c.closing && c.gone.is_none())
+            && self.hold_back(s)
+        {
             return;
         }
         self.mesh.stall = None;
