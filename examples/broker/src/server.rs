@@ -567,7 +567,7 @@ impl Server {
                 // A peer reactor's inbox was full: try again soon (see `mesh.rs`).
                 timeout = Some(timeout.map_or(mesh::RETRY, |t| t.min(mesh::RETRY)));
             }
-            if !self.yielded.is_empty() || !self.reaping.is_empty() {
+            if !self.yielded.is_empty() || !self.reaping.is_empty() || self.mesh_pending() {
                 timeout = Some(Duration::ZERO); // their work goes on in the next turn
             }
             self.fresh_hold = false;
@@ -599,6 +599,9 @@ impl Server {
             }
             self.resume_yielded();
             self.release_held();
+            if self.mesh_pending() {
+                self.mesh_mail();
+            }
             self.reap();
             self.flush_batches();
             handling = Some(woke.elapsed());

@@ -1099,10 +1099,12 @@ fn a_publish_to_many_subscriptions_is_split_across_turns_and_loses_nothing() {
 /// A publisher that resets its connection right after a burst of publishes, each to 2,000
 /// subscriptions: its connection ends while most of that work waits for later turns. The
 /// rest was done in the turn of its end, in one piece (600,000 deliveries here: a turn
-/// of 23 ms in release, more in debug, for every other client; 0.3 ms now). What it sent before it went is still
+/// of 23 ms in release, 283 ms in debug, for every other client; 0.3 ms now). What it sent before it went is still
 /// delivered, every message once and in order, a turn's budget at a time.
 #[test]
 fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing() {
+    // Timed by the broker's wall clock: not beside the other heavy timed test.
+    let _s = util::serial();
     const SUBS: usize = 2_000;
     const PUBS: usize = 300;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
@@ -1160,9 +1162,75 @@ fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing()
             .unwrap_or_else(|| panic!("no {name:?} in {last:?}"))
     };
     assert_eq!(field("clients "), 1, "the publisher is gone: {last}");
-    // In one piece it is 600,000 deliveries in one turn.
+    // In one piece it is 600,000 deliveries in one turn: 283 ms in debug, 23 ms in
+    // release. Sliced, turns of 0.3 ms in release and up to ~10 ms in debug on a busy
+    // machine (other tests' processes preempt it).
     let longest = field("longest turn ");
-    assert!(longest < 8_000, "a turn of {longest} us: {last}");
+    assert!(longest < 50_000, "a turn of {longest} us: {last}");
+}
+
+/// Messages from another reactor are mail, taken from the inbox a batch at a time: a
+/// burst of publishes on one reactor, each to 2,000 subscriptions on the other, was
+/// processed there in one turn (hundreds of messages: a turn of 16 ms in release, 150 ms
+/// in debug). The mail now takes a turn's budget like a client's operations, the rest
+/// waiting in order for the next turn; everything arrives once and in order.
+#[test]
+fn mail_from_another_reactor_takes_a_turns_budget_and_loses_nothing() {
+    // Timed by the broker's wall clock: not beside the other heavy timed test.
+    let _s = util::serial();
+    const SUBS: usize = 2_000;
+    const PUBS: usize = 200;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
+    cmd.args(["--addr", "127.0.0.1:0", "--threads", "2", "--stats", "50ms"]);
+    let mut proc = Proc::from_command_with_stderr_lines(cmd);
+    let rest = proc
+        .wait_line_containing("broker listening on ", Duration::from_secs(60))
+        .expect("the broker starts");
+    let addr: SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an address");
+    let mut sub = Raw::connect_on(addr, 1, 2);
+    let mut subs = String::from("CONNECT {\"verbose\":false}\r\n");
+    for sid in 0..SUBS {
+        subs.push_str(&format!("SUB amp {sid}\r\n"));
+    }
+    sub.send(subs.as_bytes());
+    assert_eq!(sub.sync(), Vec::<String>::new());
+    let mut p = Raw::connect_on(addr, 0, 2);
+    let mut burst = String::from("CONNECT {\"verbose\":false}\r\n");
+    for i in 0..PUBS {
+        burst.push_str(&format!("PUB amp {}\r\n{i}\r\n", i.to_string().len()));
+    }
+    p.send(burst.as_bytes());
+    for i in 0..PUBS {
+        let mut seen = vec![false; SUBS];
+        for _ in 0..SUBS {
+            let (head, body) = sub.msg();
+            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
+            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
+        }
+    }
+    assert_eq!(sub.sync(), Vec::<String>::new(), "nothing more");
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = proc.drain_lines();
+    // One stats line per reactor every 50 ms: the longest turn of any.
+    let longest = lines
+        .iter()
+        .filter(|l| l.contains("stats: "))
+        .filter_map(|l| {
+            l.split("longest turn ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .max()
+        .expect("stats lines");
+    // In one piece: 150 ms in debug, 16 ms in release. Sliced: 1 ms in release, up to
+    // ~10 ms in debug on a busy machine.
+    assert!(longest < 50_000, "a turn of {longest} us");
 }
 
 /// A client's subscriptions are removed over the turns after it goes (thousands take a

@@ -316,7 +316,18 @@ impl Server {
             if self.mesh.stall.is_some() {
                 return;
             }
+            if self.turn_spent() {
+                // The rest waits in `work`, in order, for the next turn (`run` comes back
+                // to it while it is not empty): the peers' messages take a turn's budget
+                // like any client's.
+                return;
+            }
         }
+    }
+
+    /// Whether mail taken from the inbox waits to be processed (and is not stalled).
+    pub(super) fn mesh_pending(&self) -> bool {
+        self.mesh.stall.is_none() && !self.mesh.work.is_empty()
     }
 
     /// A stalled mesh goes on once its subscriber drained below half its `max_pending`,
