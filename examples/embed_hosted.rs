@@ -9,7 +9,6 @@
 //! Try it: `nc 127.0.0.1 7003` (TCP echo through heartloop) and
 //! `nc -u 127.0.0.1 7003` (the host's own UDP socket).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use heartloop::{ConnConfig, Event, Reactor, ReactorConfig};
@@ -20,6 +19,8 @@ const HOST_UDP: Token = Token(0);
 /// The reactor uses tokens from here on (`heartloop::TOKEN_SPAN` of them).
 const REACTOR_BASE: Token = Token(1 << 40);
 
+#[path = "common/embed_opts.rs"]
+mod embed_opts;
 #[path = "common/logger.rs"]
 mod logger;
 #[path = "common/opts.rs"]
@@ -37,25 +38,9 @@ options:
   -h, --help         print this help
 ";
 
-/// `--addr` and `--duration`.
-fn parse_args() -> Result<(SocketAddr, Duration), lexopt::Error> {
-    use lexopt::prelude::*;
-    let mut addr = SocketAddr::from(([127, 0, 0, 1], 7003));
-    let mut duration = Duration::from_secs(10);
-    let mut p = lexopt::Parser::from_env();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Long("addr") => addr = p.value()?.parse()?,
-            Long("duration") => duration = p.value()?.parse_with(opts::parse_duration)?,
-            Short('h') | Long("help") => opts::exit_help(HELP),
-            _ => return Err(arg.unexpected()),
-        }
-    }
-    Ok((addr, duration))
-}
-
 fn main() -> std::io::Result<()> {
-    let (addr, duration) = parse_args().unwrap_or_else(|e| opts::exit_usage("embed_hosted", e));
+    let (addr, duration) =
+        embed_opts::parse(HELP, 7003).unwrap_or_else(|e| opts::exit_usage("embed_hosted", e));
     logger::init("info");
 
     // The host's own poll and sockets.

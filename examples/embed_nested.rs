@@ -9,13 +9,14 @@
 //! Try it: `nc 127.0.0.1 7002`, type lines: they are echoed. Heartbeats (Raw framing) ask
 //! for a ping every 2 s; a client silent for 6 s is dropped with its cause.
 
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use heartloop::{ConnConfig, Event, Heartbeat, Reactor, ReactorConfig};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+#[path = "common/embed_opts.rs"]
+mod embed_opts;
 #[path = "common/logger.rs"]
 mod logger;
 #[path = "common/opts.rs"]
@@ -33,25 +34,9 @@ options:
   -h, --help         print this help
 ";
 
-/// `--addr` and `--duration`.
-fn parse_args() -> Result<(SocketAddr, Duration), lexopt::Error> {
-    use lexopt::prelude::*;
-    let mut addr = SocketAddr::from(([127, 0, 0, 1], 7002));
-    let mut duration = Duration::from_secs(10);
-    let mut p = lexopt::Parser::from_env();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Long("addr") => addr = p.value()?.parse()?,
-            Long("duration") => duration = p.value()?.parse_with(opts::parse_duration)?,
-            Short('h') | Long("help") => opts::exit_help(HELP),
-            _ => return Err(arg.unexpected()),
-        }
-    }
-    Ok((addr, duration))
-}
-
 fn main() -> std::io::Result<()> {
-    let (addr, duration) = parse_args().unwrap_or_else(|e| opts::exit_usage("embed_nested", e));
+    let (addr, duration) =
+        embed_opts::parse(HELP, 7002).unwrap_or_else(|e| opts::exit_usage("embed_nested", e));
     logger::init("info");
     let hb = Heartbeat::new(Duration::from_secs(2), Duration::from_secs(6));
     let mut reactor = Reactor::new(ReactorConfig::default())?;
