@@ -92,6 +92,17 @@ impl Proc {
         }
     }
 
+    /// The address a server prints first after `prefix` in its startup line (`broker
+    /// listening on 127.0.0.1:4222 ...`), waiting up to `timeout` for that line.
+    #[track_caller]
+    pub fn expect_addr(&mut self, prefix: &str, timeout: Duration) -> std::net::SocketAddr {
+        let rest = self.expect_line(prefix, timeout);
+        rest.split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address after {prefix:?} in {rest:?}"))
+    }
+
     /// Like `expect_line`, but `None` on timeout or exit.
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
         let end = Instant::now() + timeout;

@@ -91,12 +91,7 @@ fn broker(args: &[&str]) -> Broker {
     let mut all = vec!["--addr", "127.0.0.1:0", "--threads", &threads];
     all.extend_from_slice(args);
     let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_broker"), &all);
-    let rest = proc.expect_line("broker listening on ", Duration::from_secs(60));
-    let addr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in startup line {rest:?}"));
+    let addr = proc.expect_addr("broker listening on ", Duration::from_secs(60));
     Broker { proc, addr }
 }
 
@@ -116,6 +111,60 @@ fn command_line_help_lists_every_option_and_bad_ones_exit_2() {
         String::from_utf8_lossy(&out.stderr).contains("needs a unit"),
         "{out:?}"
     );
+}
+
+/// A broker on `threads` reactors printing `--stats` every 50 ms to its stderr (read
+/// with `Proc::drain_lines`), with `args`, and its address.
+fn broker_with_stats(threads: usize, args: &[&str]) -> (Proc, SocketAddr) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
+    let threads = threads.to_string();
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--threads",
+        &threads,
+        "--stats",
+        "50ms",
+    ]);
+    cmd.args(args);
+    let mut proc = Proc::from_command_with_stderr_lines(cmd);
+    let addr = proc.expect_addr("broker listening on ", Duration::from_secs(60));
+    (proc, addr)
+}
+
+/// The number after `name` in a `--stats` line.
+#[track_caller]
+fn stats_field(line: &str, name: &str) -> u64 {
+    line.split(name)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name:?} in {line:?}"))
+}
+
+/// CONNECT, then `n` subscriptions to `subject` with sids 0..n, synced.
+fn subscribe_many(sub: &mut Raw, subject: &str, n: usize) {
+    let mut wire = String::from("CONNECT {\"verbose\":false}\r\n");
+    for sid in 0..n {
+        wire.push_str(&format!("SUB {subject} {sid}\r\n"));
+    }
+    sub.send(wire.as_bytes());
+    assert_eq!(sub.sync(), Vec::<String>::new());
+}
+
+/// Messages 0..`pubs` (the payload is the number), each to every one of `subs` sids
+/// exactly once, each message's deliveries before the next's.
+#[track_caller]
+fn expect_each_once(sub: &mut Raw, pubs: usize, subs: usize) {
+    for i in 0..pubs {
+        let mut seen = vec![false; subs];
+        for _ in 0..subs {
+            let (head, body) = sub.msg();
+            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
+            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
+        }
+    }
 }
 
 // ------------------------------------------------------------------ a raw client
@@ -967,25 +1016,17 @@ fn hostile_subscribers_cannot_grow_the_broker_past_max_pending() {
 fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
     const N: usize = 4_000;
     const SIZE: usize = 1_000;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
-    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats", "50ms"]);
-    cmd.args([
-        "--max-pending",
-        "1MB",
-        "--write-deadline",
-        "600s",
-        "--sndbuf",
-        "16KB",
-    ]);
-    let mut proc = Proc::from_command_with_stderr_lines(cmd);
-    let rest = proc
-        .wait_line_containing("broker listening on ", Duration::from_secs(60))
-        .expect("the broker starts");
-    let addr: SocketAddr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an address");
+    let (mut proc, addr) = broker_with_stats(
+        1,
+        &[
+            "--max-pending",
+            "1MB",
+            "--write-deadline",
+            "600s",
+            "--sndbuf",
+            "16KB",
+        ],
+    );
     let stopped = stopped_subscriber(addr, b"CONNECT {\"verbose\":false}\r\nSUB > 1\r\n");
     let mut p = Raw::connect(addr);
     p.send(b"CONNECT {\"verbose\":false}\r\n");
@@ -1008,18 +1049,8 @@ fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
         .filter(|l| l.contains("stats: "))
         .collect();
     let last = stats.last().expect("a stats line");
-    let held_ms: u64 = last
-        .split("held for ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no 'held for' in {last:?}"));
-    let holds: u64 = last
-        .split("holds ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
+    let held_ms = stats_field(last, "held for ");
+    let holds = stats_field(last, "holds ");
     eprintln!("publishers held {holds} times, {held_ms} ms in all: {last}");
     // Held for it until it drained or for STALL_MAX, this would be 1,000 ms or more; until
     // `DRAINING` (50 ms) after its socket buffers took its first kilobytes, about 49 ms.
@@ -1040,24 +1071,9 @@ fn a_stopped_wildcard_subscriber_does_not_hold_publishers_back() {
 fn a_publish_to_many_subscriptions_is_split_across_turns_and_loses_nothing() {
     const SUBS: usize = 10_000;
     const PUBS: usize = 5;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
-    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats", "50ms"]);
-    let mut proc = Proc::from_command_with_stderr_lines(cmd);
-    let rest = proc
-        .wait_line_containing("broker listening on ", Duration::from_secs(60))
-        .expect("the broker starts");
-    let addr: SocketAddr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an address");
+    let (mut proc, addr) = broker_with_stats(1, &[]);
     let mut sub = Raw::connect(addr);
-    let mut subs = String::from("CONNECT {\"verbose\":false}\r\n");
-    for sid in 0..SUBS {
-        subs.push_str(&format!("SUB amp {sid}\r\n"));
-    }
-    sub.send(subs.as_bytes());
-    assert_eq!(sub.sync(), Vec::<String>::new());
+    subscribe_many(&mut sub, "amp", SUBS);
     let mut p = Raw::connect(addr);
     p.send(b"CONNECT {\"verbose\":false}\r\n");
     for i in 0..PUBS {
@@ -1069,27 +1085,14 @@ fn a_publish_to_many_subscriptions_is_split_across_turns_and_loses_nothing() {
         "the publisher is not told off"
     );
     // Every message to every subscription, each message's deliveries before the next's.
-    for i in 0..PUBS {
-        let mut seen = vec![false; SUBS];
-        for _ in 0..SUBS {
-            let (head, body) = sub.msg();
-            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
-            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
-            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
-        }
-    }
+    expect_each_once(&mut sub, PUBS, SUBS);
     std::thread::sleep(Duration::from_millis(200));
     let last = proc
         .drain_lines()
         .into_iter()
         .rfind(|l| l.contains("stats: "))
         .expect("a stats line");
-    let splits: u64 = last
-        .split("splits ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no 'splits' in {last:?}"));
+    let splits = stats_field(&last, "splits ");
     assert!(
         splits >= PUBS as u64,
         "each publish of 10,000 deliveries in one turn: {last}"
@@ -1107,24 +1110,9 @@ fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing()
     let _s = util::serial();
     const SUBS: usize = 2_000;
     const PUBS: usize = 300;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
-    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats", "50ms"]);
-    let mut proc = Proc::from_command_with_stderr_lines(cmd);
-    let rest = proc
-        .wait_line_containing("broker listening on ", Duration::from_secs(60))
-        .expect("the broker starts");
-    let addr: SocketAddr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an address");
+    let (mut proc, addr) = broker_with_stats(1, &[]);
     let mut sub = Raw::connect(addr);
-    let mut subs = String::from("CONNECT {\"verbose\":false}\r\n");
-    for sid in 0..SUBS {
-        subs.push_str(&format!("SUB amp {sid}\r\n"));
-    }
-    sub.send(subs.as_bytes());
-    assert_eq!(sub.sync(), Vec::<String>::new());
+    subscribe_many(&mut sub, "amp", SUBS);
     let p = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     p.connect(&addr.into()).unwrap();
     let mut p: TcpStream = p.into();
@@ -1138,15 +1126,7 @@ fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing()
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(p);
-    for i in 0..PUBS {
-        let mut seen = vec![false; SUBS];
-        for _ in 0..SUBS {
-            let (head, body) = sub.msg();
-            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
-            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
-            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
-        }
-    }
+    expect_each_once(&mut sub, PUBS, SUBS);
     assert_eq!(sub.sync(), Vec::<String>::new(), "nothing more");
     std::thread::sleep(Duration::from_millis(200));
     let last = proc
@@ -1154,18 +1134,15 @@ fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing()
         .into_iter()
         .rfind(|l| l.contains("stats: "))
         .expect("a stats line");
-    let field = |name: &str| -> u64 {
-        last.split(name)
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name:?} in {last:?}"))
-    };
-    assert_eq!(field("clients "), 1, "the publisher is gone: {last}");
+    assert_eq!(
+        stats_field(&last, "clients "),
+        1,
+        "the publisher is gone: {last}"
+    );
     // In one piece it is 600,000 deliveries in one turn: 283 ms in debug, 23 ms in
     // release. Sliced, turns of 0.3 ms in release and up to ~10 ms in debug on a busy
     // machine (other tests' processes preempt it).
-    let longest = field("longest turn ");
+    let longest = stats_field(&last, "longest turn ");
     assert!(longest < 50_000, "a turn of {longest} us: {last}");
 }
 
@@ -1180,39 +1157,16 @@ fn mail_from_another_reactor_takes_a_turns_budget_and_loses_nothing() {
     let _s = util::serial();
     const SUBS: usize = 2_000;
     const PUBS: usize = 200;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_broker"));
-    cmd.args(["--addr", "127.0.0.1:0", "--threads", "2", "--stats", "50ms"]);
-    let mut proc = Proc::from_command_with_stderr_lines(cmd);
-    let rest = proc
-        .wait_line_containing("broker listening on ", Duration::from_secs(60))
-        .expect("the broker starts");
-    let addr: SocketAddr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an address");
+    let (mut proc, addr) = broker_with_stats(2, &[]);
     let mut sub = Raw::connect_on(addr, 1, 2);
-    let mut subs = String::from("CONNECT {\"verbose\":false}\r\n");
-    for sid in 0..SUBS {
-        subs.push_str(&format!("SUB amp {sid}\r\n"));
-    }
-    sub.send(subs.as_bytes());
-    assert_eq!(sub.sync(), Vec::<String>::new());
+    subscribe_many(&mut sub, "amp", SUBS);
     let mut p = Raw::connect_on(addr, 0, 2);
     let mut burst = String::from("CONNECT {\"verbose\":false}\r\n");
     for i in 0..PUBS {
         burst.push_str(&format!("PUB amp {}\r\n{i}\r\n", i.to_string().len()));
     }
     p.send(burst.as_bytes());
-    for i in 0..PUBS {
-        let mut seen = vec![false; SUBS];
-        for _ in 0..SUBS {
-            let (head, body) = sub.msg();
-            assert_eq!(body, i.to_string().as_bytes(), "message {i} in order");
-            let sid: usize = head.split_whitespace().nth(2).unwrap().parse().unwrap();
-            assert!(!std::mem::replace(&mut seen[sid], true), "sid {sid} twice");
-        }
-    }
+    expect_each_once(&mut sub, PUBS, SUBS);
     assert_eq!(sub.sync(), Vec::<String>::new(), "nothing more");
     std::thread::sleep(Duration::from_millis(200));
     let lines = proc.drain_lines();
@@ -1220,12 +1174,7 @@ fn mail_from_another_reactor_takes_a_turns_budget_and_loses_nothing() {
     let longest = lines
         .iter()
         .filter(|l| l.contains("stats: "))
-        .filter_map(|l| {
-            l.split("longest turn ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
+        .map(|l| stats_field(l, "longest turn "))
         .max()
         .expect("stats lines");
     // In one piece: 150 ms in debug, 16 ms in release. Sliced: 1 ms in release, up to

@@ -184,12 +184,7 @@ fn leaf_of(hub: &Hub, threads: usize) -> Leaf {
     .args(["--leaf-ping", LEAF_PING])
     .env("RUST_LOG", "info");
     let mut proc = Proc::from_command_with_stderr_lines(cmd);
-    let rest = proc.expect_line("broker listening on ", SLOW);
-    let addr = rest
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in startup line {rest:?}"));
+    let addr = proc.expect_addr("broker listening on ", SLOW);
     let up = |l: &str| l.contains("leaf: link to") && l.contains(" up ");
     if !proc.seen.iter().any(|l| up(l)) {
         proc.wait_line_containing("leaf: link to", SLOW)
