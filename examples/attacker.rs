@@ -36,10 +36,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 
-const TICK: Duration = Duration::from_millis(1);
-const RECONNECT_AFTER: Duration = Duration::from_millis(100);
+#[path = "common/attack.rs"]
+mod attack;
+#[path = "common/opts.rs"]
+mod opts;
+
+use attack::{Idle, RECONNECT_AFTER, Report, TICK, connect, cpu_ms, sleep_until};
+
+/// The names of `Report::sent` and `Report::answered` in this attacker's report lines.
+const LABELS: (&str, &str) = ("frames", "echoed");
 
 #[derive(Clone)]
 struct Opts {
@@ -72,37 +79,6 @@ impl Opts {
 }
 
 /// What one attack did, printed as `ATTACK <name> k=v ...`.
-#[derive(Default)]
-struct Report {
-    name: &'static str,
-    conns: usize,
-    connects: u64,
-    connect_failed: u64,
-    cut: u64,
-    bytes: u64,
-    frames: u64,
-    echoed: u64,
-    mismatches: u64,
-}
-
-impl Report {
-    fn line(&self) -> String {
-        format!(
-            "ATTACK {} conns={} connects={} connect_failed={} cut={} bytes={} frames={} \
-             echoed={} mismatches={}",
-            self.name,
-            self.conns,
-            self.connects,
-            self.connect_failed,
-            self.cut,
-            self.bytes,
-            self.frames,
-            self.echoed,
-            self.mismatches
-        )
-    }
-}
-
 fn header(len: u32, kind: u8) -> [u8; 5] {
     let l = len.to_be_bytes();
     [l[0], l[1], l[2], l[3], kind]
@@ -113,41 +89,6 @@ fn data_frame(len: usize) -> Vec<u8> {
     let mut f = header(len as u32, 0).to_vec();
     f.extend((0..len).map(|i| (i % 251) as u8));
     f
-}
-
-/// A nonblocking connection to `addr`, with a receive buffer of `rcvbuf` bytes if given
-/// (set before connecting, so the window the server sees is small from the start).
-fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n)?;
-    }
-    s.set_tcp_nodelay(true)?;
-    s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
-}
-
-/// Whether the server ended this idle connection (EOF or error); bytes it sent (none
-/// expected) are discarded.
-fn gone(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 512];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return true,
-        }
-    }
-}
-
-/// Sleep until `at` (no-op if past).
-fn sleep_until(at: Instant) {
-    if let Some(d) = at.checked_duration_since(Instant::now()) {
-        std::thread::sleep(d);
-    }
 }
 
 /// A long-lived connection of a flood: its stream position and when it may reconnect.
@@ -181,11 +122,7 @@ impl Flood {
     fn new(o: &Opts, name: &'static str, n: usize, unit: &[u8], rate: usize) -> Flood {
         let reps = (16 * 1024 / unit.len()).max(1);
         let mut f = Flood {
-            r: Report {
-                name,
-                conns: n,
-                ..Report::default()
-            },
+            r: Report::new(name, n, LABELS),
             addr: o.addr,
             rcvbuf: o.rcvbuf,
             prefill: Vec::new(),
@@ -284,7 +221,7 @@ impl Flood {
             }
             if failed {
                 r.cut += 1;
-                r.frames += (s.pos / self.period) as u64;
+                r.sent += (s.pos / self.period) as u64;
                 s.sock = None;
                 s.retry_at = Some(now + RECONNECT_AFTER);
             }
@@ -292,92 +229,12 @@ impl Flood {
     }
 
     fn report(mut self) -> Report {
-        self.r.frames += self
+        self.r.sent += self
             .slots
             .iter()
             .map(|s| (s.pos / self.period) as u64)
             .sum::<u64>();
         self.r
-    }
-}
-
-/// `n` connections that each write `prefix` once and then stay silent; one the server
-/// ends is counted as cut and replaced after [`RECONNECT_AFTER`]. Checked every 100 ms.
-struct Idle {
-    r: Report,
-    addr: SocketAddr,
-    prefix: Vec<u8>,
-    socks: Vec<Option<TcpStream>>,
-    retry: Vec<Option<Instant>>,
-    next_check: Instant,
-}
-
-impl Idle {
-    fn new(o: &Opts, name: &'static str, n: usize, prefix: &[u8]) -> Idle {
-        let mut a = Idle {
-            r: Report {
-                name,
-                conns: n,
-                ..Report::default()
-            },
-            addr: o.addr,
-            prefix: prefix.to_vec(),
-            socks: Vec::with_capacity(n),
-            retry: vec![None; n],
-            next_check: Instant::now(),
-        };
-        // In batches of 64 a millisecond apart, so that the listen backlog never overflows.
-        for i in 0..n {
-            let s = a.open();
-            a.socks.push(s);
-            if i % 64 == 63 {
-                std::thread::sleep(TICK);
-            }
-        }
-        a
-    }
-
-    fn open(&mut self) -> Option<TcpStream> {
-        self.r.connects += 1;
-        let s = connect(self.addr, None).and_then(|mut s| {
-            s.write_all(&self.prefix)?;
-            Ok(s)
-        });
-        match s {
-            Ok(s) => {
-                self.r.bytes += self.prefix.len() as u64;
-                self.r.frames += 1;
-                Some(s)
-            }
-            Err(_) => {
-                self.r.connect_failed += 1;
-                None
-            }
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if now < self.next_check {
-            return;
-        }
-        self.next_check = now + Duration::from_millis(100);
-        for i in 0..self.socks.len() {
-            match &mut self.socks[i] {
-                Some(sock) => {
-                    if gone(sock) {
-                        self.r.cut += 1;
-                        self.socks[i] = None;
-                        self.retry[i] = Some(now + RECONNECT_AFTER);
-                    }
-                }
-                None => {
-                    if self.retry[i].is_some_and(|t| now >= t) {
-                        self.socks[i] = self.open();
-                        self.retry[i] = self.socks[i].is_none().then_some(now + RECONNECT_AFTER);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -391,11 +248,7 @@ struct ByteAtATime {
 
 impl ByteAtATime {
     fn new(o: &Opts, n: usize) -> ByteAtATime {
-        let mut r = Report {
-            name: "byte-at-a-time",
-            conns: n,
-            ..Report::default()
-        };
+        let mut r = Report::new("byte-at-a-time", n, LABELS);
         let peers = (0..n)
             .map(|_| {
                 r.connects += 1;
@@ -426,7 +279,7 @@ impl ByteAtATime {
                     *sent += 1;
                     r.bytes += 1;
                     if (*sent).is_multiple_of(frame.len()) {
-                        r.frames += 1;
+                        r.sent += 1;
                     }
                 }
                 Ok(_) => {}
@@ -443,7 +296,7 @@ impl ByteAtATime {
                             }
                             *got += 1;
                         }
-                        r.echoed += k as u64;
+                        r.answered += k as u64;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -471,11 +324,7 @@ struct Storm {
 impl Storm {
     fn new(o: &Opts) -> Storm {
         Storm {
-            r: Report {
-                name: "connect/reset storm",
-                conns: 1,
-                ..Report::default()
-            },
+            r: Report::new("connect/reset storm", 1, LABELS),
             addr: o.addr,
             rate: o.storm_rate as f64,
             frame: data_frame(32),
@@ -491,7 +340,7 @@ impl Storm {
                 Ok(mut s) => {
                     if self.r.connects.is_multiple_of(2) && s.write(&self.frame).is_ok() {
                         self.r.bytes += self.frame.len() as u64;
-                        self.r.frames += 1;
+                        self.r.sent += 1;
                     }
                     let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
                     drop(s);
@@ -501,27 +350,6 @@ impl Storm {
         }
     }
 }
-
-/// This process's CPU time (user, system) in ms, from /proc/self/stat.
-fn cpu_ms() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // Linux reports clock ticks of 1/100 s (USER_HZ) on every platform we run on.
-    let tick_ms = 10;
-    (
-        f.first().copied().unwrap_or(0) * tick_ms,
-        f.get(1).copied().unwrap_or(0) * tick_ms,
-    )
-}
-
-#[path = "common/opts.rs"]
-mod opts;
 
 fn main() {
     let o = parse_args().unwrap_or_else(|e| opts::exit_usage("attacker", e));
@@ -573,13 +401,15 @@ fn main() {
         ));
     }
     if o.on("claim") && o.claim > 0 {
-        idles.push(Idle::new(&o, "claimed length", o.claim, &claim));
+        let r = Report::new("claimed length", o.claim, LABELS);
+        idles.push(Idle::new(o.addr, r, vec![claim.clone(); o.claim]));
     }
     if o.on("byte") && o.byte_at_a_time > 0 {
         byte = Some(ByteAtATime::new(&o, o.byte_at_a_time));
     }
     if o.on("slowloris") && o.slowloris > 0 {
-        idles.push(Idle::new(&o, "slowloris", o.slowloris, slow));
+        let r = Report::new("slowloris", o.slowloris, LABELS);
+        idles.push(Idle::new(o.addr, r, vec![slow.to_vec(); o.slowloris]));
     }
     if o.on("nonreader") && o.non_readers > 0 {
         let unit = data_frame(1024);

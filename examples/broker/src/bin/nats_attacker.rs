@@ -28,18 +28,23 @@
 //! Exits 1 if a message checked by the byte-at-a-time peers differs, or a garbage
 //! connection was not closed by the broker within 2 s; 2 on bad options.
 
+#[path = "../../../common/attack.rs"]
+mod attack;
 #[path = "../../../common/opts.rs"]
 mod opts;
+
+use attack::{Idle, RECONNECT_AFTER, Report, TICK, connect, cpu_ms, gone, sleep_until};
+
+/// The names of `Report::sent` and `Report::answered` in this attacker's report lines.
+const LABELS: (&str, &str) = ("msgs", "received");
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 
-const TICK: Duration = Duration::from_millis(1);
-const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 /// What a connection says first: no `+OK` for what follows.
 const CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
 /// A garbage connection the broker has not closed after this long is a failure.
@@ -76,76 +81,10 @@ impl Opts {
 /// What one attack did, printed as `ATTACK <name> k=v ...`. `msgs`: operations sent
 /// (PUB, PING, SUB, garbage inputs); `received`: messages read back (byte-at-a-time) or
 /// connections the broker closed after garbage.
-#[derive(Default)]
-struct Report {
-    name: &'static str,
-    conns: usize,
-    connects: u64,
-    connect_failed: u64,
-    cut: u64,
-    bytes: u64,
-    msgs: u64,
-    received: u64,
-    mismatches: u64,
-}
-
-impl Report {
-    fn new(name: &'static str, conns: usize) -> Report {
-        Report {
-            name,
-            conns,
-            ..Report::default()
-        }
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "ATTACK {} conns={} connects={} connect_failed={} cut={} bytes={} msgs={} \
-             received={} mismatches={}",
-            self.name,
-            self.conns,
-            self.connects,
-            self.connect_failed,
-            self.cut,
-            self.bytes,
-            self.msgs,
-            self.received,
-            self.mismatches
-        )
-    }
-}
-
-/// A nonblocking connection to `addr`, with a receive buffer of `rcvbuf` bytes if given
-/// (set before connecting, so the window the broker sees is small from the start).
-fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n)?;
-    }
-    s.set_tcp_nodelay(true)?;
-    s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-    s.set_nonblocking(true)?;
-    Ok(s.into())
-}
-
 /// Whether the broker ended this connection, without reading from it: a reset shows as
 /// a pending socket error.
 fn reset(s: &TcpStream) -> bool {
     !matches!(s.take_error(), Ok(None))
-}
-
-/// Whether the broker ended this connection (EOF or error); what it sent is discarded.
-fn gone(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 4096];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return true,
-        }
-    }
 }
 
 /// A `PUB subject len` message with a payload of `len` pattern bytes.
@@ -157,12 +96,6 @@ fn pub_msg(subject: &str, len: usize) -> Vec<u8> {
 }
 
 /// Sleep until `at` (no-op if past).
-fn sleep_until(at: Instant) {
-    if let Some(d) = at.checked_duration_since(Instant::now()) {
-        std::thread::sleep(d);
-    }
-}
-
 /// A long-lived connection that never reads: it writes its `setup` once (as fast as the
 /// kernel takes it), then `unit` repeated at `per_tick` bytes per tick (0: nothing more).
 struct Slot {
@@ -200,7 +133,7 @@ impl Writers {
         make: impl Fn(usize) -> (Vec<u8>, Vec<u8>),
     ) -> Writers {
         let mut w = Writers {
-            r: Report::new(name, n),
+            r: Report::new(name, n, LABELS),
             addr: o.addr,
             rcvbuf: o.rcvbuf,
             per_tick: rate as f64 * TICK.as_secs_f64(),
@@ -259,7 +192,7 @@ impl Writers {
             }
             if self.write(s) || (check && s.sock.as_ref().is_some_and(reset)) {
                 self.r.cut += 1;
-                self.r.msgs += (s.pos / s.unit_len.max(1)) as u64;
+                self.r.sent += (s.pos / s.unit_len.max(1)) as u64;
                 s.sock = None;
                 s.retry_at = Some(now + RECONNECT_AFTER);
             }
@@ -313,86 +246,12 @@ impl Writers {
 
     fn report(mut self) -> Report {
         for s in &self.slots {
-            self.r.msgs += (s.pos / s.unit_len.max(1)) as u64;
+            self.r.sent += (s.pos / s.unit_len.max(1)) as u64;
             if s.unit_len == 0 && s.pre > 0 {
-                self.r.msgs += 1;
+                self.r.sent += 1;
             }
         }
         self.r
-    }
-}
-
-/// `n` connections that write `prefix(i)` once and then stay silent; one the broker
-/// ends is counted as cut and replaced after [`RECONNECT_AFTER`]. Checked every 100 ms.
-struct Idle {
-    r: Report,
-    addr: SocketAddr,
-    prefixes: Vec<Vec<u8>>,
-    socks: Vec<Option<TcpStream>>,
-    retry: Vec<Option<Instant>>,
-    next_check: Instant,
-}
-
-impl Idle {
-    fn new(o: &Opts, name: &'static str, prefixes: Vec<Vec<u8>>) -> Idle {
-        let n = prefixes.len();
-        let mut a = Idle {
-            r: Report::new(name, n),
-            addr: o.addr,
-            prefixes,
-            socks: Vec::with_capacity(n),
-            retry: vec![None; n],
-            next_check: Instant::now(),
-        };
-        // In batches of 64 a millisecond apart, so that the listen backlog never overflows.
-        for i in 0..n {
-            let s = a.open(i);
-            a.socks.push(s);
-            if i % 64 == 63 {
-                std::thread::sleep(TICK);
-            }
-        }
-        a
-    }
-
-    fn open(&mut self, i: usize) -> Option<TcpStream> {
-        self.r.connects += 1;
-        let p = &self.prefixes[i];
-        match connect(self.addr, None).and_then(|mut s| s.write_all(p).map(|()| s)) {
-            Ok(s) => {
-                self.r.bytes += p.len() as u64;
-                self.r.msgs += 1;
-                Some(s)
-            }
-            Err(_) => {
-                self.r.connect_failed += 1;
-                None
-            }
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if now < self.next_check {
-            return;
-        }
-        self.next_check = now + Duration::from_millis(100);
-        for i in 0..self.socks.len() {
-            match &mut self.socks[i] {
-                Some(sock) => {
-                    if gone(sock) {
-                        self.r.cut += 1;
-                        self.socks[i] = None;
-                        self.retry[i] = Some(now + RECONNECT_AFTER);
-                    }
-                }
-                None => {
-                    if self.retry[i].is_some_and(|t| now >= t) {
-                        self.socks[i] = self.open(i);
-                        self.retry[i] = self.socks[i].is_none().then_some(now + RECONNECT_AFTER);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -416,7 +275,7 @@ struct ByteAtATime {
 
 impl ByteAtATime {
     fn new(o: &Opts, n: usize) -> ByteAtATime {
-        let mut r = Report::new("byte-at-a-time", n);
+        let mut r = Report::new("byte-at-a-time", n, LABELS);
         let peers = (0..n)
             .map(|i| {
                 r.connects += 1;
@@ -461,7 +320,7 @@ impl ByteAtATime {
                     p.sent += 1;
                     r.bytes += 1;
                     if p.sent.is_multiple_of(p.msg.len()) {
-                        r.msgs += 1;
+                        r.sent += 1;
                     }
                 }
                 Ok(_) => {}
@@ -496,7 +355,7 @@ impl ByteAtATime {
                             }
                             p.got += 1;
                             if p.got.is_multiple_of(p.expect.len()) {
-                                r.received += 1;
+                                r.answered += 1;
                             }
                         }
                     }
@@ -532,7 +391,7 @@ impl Storm {
                 Ok(mut s) => {
                     if self.r.connects.is_multiple_of(2) && s.write(&self.bytes).is_ok() {
                         self.r.bytes += self.bytes.len() as u64;
-                        self.r.msgs += 1;
+                        self.r.sent += 1;
                     }
                     let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
                     drop(s);
@@ -586,7 +445,7 @@ impl Garbage {
             match connect(self.addr, None).and_then(|mut s| s.write_all(input).map(|()| s)) {
                 Ok(s) => {
                     self.r.bytes += input.len() as u64;
-                    self.r.msgs += 1;
+                    self.r.sent += 1;
                     self.open.push((s, now, i));
                 }
                 Err(_) => self.r.connect_failed += 1,
@@ -595,7 +454,7 @@ impl Garbage {
         let (r, lingered) = (&mut self.r, &mut self.lingered);
         self.open.retain_mut(|(s, at, i)| {
             if gone(s) {
-                r.received += 1;
+                r.answered += 1;
                 r.cut += 1;
                 false
             } else if now.saturating_duration_since(*at) > GARBAGE_CLOSE_WITHIN {
@@ -607,24 +466,6 @@ impl Garbage {
             }
         });
     }
-}
-
-/// This process's CPU time (user, system) in ms, from /proc/self/stat.
-fn cpu_ms() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // Linux reports clock ticks of 1/100 s (USER_HZ) on every platform we run on.
-    let tick_ms = 10;
-    (
-        f.first().copied().unwrap_or(0) * tick_ms,
-        f.get(1).copied().unwrap_or(0) * tick_ms,
-    )
 }
 
 fn main() {
@@ -696,7 +537,7 @@ fn main() {
         byte = Some(ByteAtATime::new(&o, o.byte_at_a_time));
     }
     if o.on("slowloris") && o.slowloris > 0 {
-        let prefixes = (0..o.slowloris)
+        let prefixes: Vec<Vec<u8>> = (0..o.slowloris)
             .map(|i| {
                 if i % 2 == 0 {
                     connect_then(b"PUB slow.x 1")
@@ -707,17 +548,18 @@ fn main() {
                 }
             })
             .collect();
-        idles.push(Idle::new(&o, "slowloris", prefixes));
+        let r = Report::new("slowloris", prefixes.len(), LABELS);
+        idles.push(Idle::new(o.addr, r, prefixes));
     }
     let mut storm = (o.on("storm") && o.storm_rate > 0).then(|| Storm {
-        r: Report::new("connect/reset storm", 1),
+        r: Report::new("connect/reset storm", 1, LABELS),
         addr: o.addr,
         rate: o.storm_rate as f64,
         bytes: connect_then(b"SUB storm.> 1\r\nPUB storm.x 5\r\nhello\r\n"),
         start: Instant::now(),
     });
     let mut garbage = (o.on("garbage") && o.garbage_rate > 0).then(|| Garbage {
-        r: Report::new("garbage", 1),
+        r: Report::new("garbage", 1, LABELS),
         addr: o.addr,
         rate: o.garbage_rate as f64,
         inputs: garbage_inputs(),
