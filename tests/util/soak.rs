@@ -97,6 +97,24 @@ pub fn set_nice(tid: u32, nice: i32) -> bool {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
 }
 
+/// [`set_nice`] for every thread process `pid` has now (`/proc/<pid>/task`); threads it
+/// starts later inherit the value of the thread that starts them. Whether every one was
+/// set (and there was one).
+pub fn set_nice_threads(pid: u32, nice: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut all = true;
+    let mut any = false;
+    for t in tasks.flatten() {
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+            any = true;
+            all &= set_nice(tid, nice);
+        }
+    }
+    any && all
+}
+
 /// Machine CPU from /proc/stat, all cores, in clock ticks: (busy, total, steal). Steal is
 /// time the hypervisor gave this virtual machine's CPUs to someone else.
 pub fn machine_ticks() -> (u64, u64, u64) {

@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use soak::{
-    Kind, cores, new_hist, p99_bound, probe, probe_rise, run_windows, set_nice, stat, strict,
-    sum_attacks, turn_bound_us, us, vm_kib,
+    Kind, cores, new_hist, p99_bound, probe, probe_rise, run_windows, set_nice, set_nice_threads,
+    stat, strict, sum_attacks, turn_bound_us, us, vm_kib,
 };
 use util::Proc;
 
@@ -389,8 +389,6 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         .expect("the broker's address");
     let pid = broker.pid();
     let rss_start = vm_kib(pid, "VmRSS:");
-    // The broker is one thread: its pid is its thread's id.
-    let raised = nice != 0 && set_nice(pid, nice);
 
     // ---- healthy peers and the probe
     let window = Arc::new(AtomicUsize::new(0));
@@ -403,6 +401,9 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         })
         .collect();
     connected.wait();
+    // Every thread of the server: its main thread waits, its reactor thread (which exists
+    // now: it served the healthy peers' connects) works.
+    let raised = nice != 0 && set_nice_threads(pid, nice);
     let probe_thread = {
         let (window, stop) = (window.clone(), stop.clone());
         std::thread::spawn(move || probe(&window, &stop, nice))
