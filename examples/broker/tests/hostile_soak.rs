@@ -11,7 +11,10 @@
 //! (length of a window, default 1), `HEARTLOOP_HOSTILE_BROKER_ARGS` and
 //! `HEARTLOOP_HOSTILE_ATTACKER_ARGS` (more options, after the test's own), and
 //! `HEARTLOOP_HOSTILE_STRICT` (assert the timing bounds: `1`, the default outside CI; `0`,
-//! the default when `CI` is set; see `soak::strict`).
+//! the default when `CI` is set; see `soak::strict`), and `HEARTLOOP_HOSTILE_SERVER`
+//! (`broker`, the default, or `nats-server`: the same healthy peers and attacks against
+//! Debian's nats-server given the same `max_payload` and `max_pending`, for comparison; its
+//! figures are printed, not judged, and the run is skipped loudly if it is not installed).
 //!
 //! * Healthy peers: [`HEALTHY`] threads of this process, each with two blocking
 //!   connections: a requester (subscribed to its inbox `_INBOX.hp<i>`) and a responder
@@ -362,31 +365,60 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
     let strict = strict();
     let started = Instant::now();
 
-    // ---- the broker
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+    // ---- the broker (or, to compare, nats-server given the same limits)
     let n = |v: u64| v.to_string();
+    let nats = match std::env::var("HEARTLOOP_HOSTILE_SERVER").as_deref() {
+        Ok("nats-server") => true,
+        Ok("broker") | Err(_) => false,
+        Ok(other) => panic!("HEARTLOOP_HOSTILE_SERVER={other}: broker or nats-server"),
+    };
+    let mut cmd = if nats {
+        match nats_server_command() {
+            Some(cmd) => cmd,
+            None => {
+                println!(
+                    "\n!!!!! SKIPPED: HEARTLOOP_HOSTILE_SERVER=nats-server, but no nats-server on PATH\n"
+                );
+                return;
+            }
+        }
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_broker"))
+    };
     // One reactor: the figures in BENCHMARKS.md are a single loop's (the broker's default
     // is one per core).
-    cmd.args(["--addr", "127.0.0.1:0", "--stats", "1s", "--threads", "1"])
-        .args([
-            "--max-payload",
-            &n(MAX_PAYLOAD),
-            "--max-pending",
-            &n(MAX_PENDING),
-        ])
-        .args(["--sndbuf", &n(SNDBUF)])
-        .args(
-            std::env::var("HEARTLOOP_HOSTILE_BROKER_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        // No per-connection lines (thousands of connects, hundreds of slow consumers).
-        .env("RUST_LOG", "warn");
+    if !nats {
+        cmd.args(["--addr", "127.0.0.1:0", "--stats", "1s", "--threads", "1"])
+            .args([
+                "--max-payload",
+                &n(MAX_PAYLOAD),
+                "--max-pending",
+                &n(MAX_PENDING),
+            ])
+            .args(["--sndbuf", &n(SNDBUF)])
+            .args(
+                std::env::var("HEARTLOOP_HOSTILE_BROKER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            // No per-connection lines (thousands of connects, hundreds of slow consumers).
+            .env("RUST_LOG", "warn");
+    }
     let mut broker = Proc::from_command_with_stderr_lines(cmd);
-    let addr: SocketAddr = broker
-        .wait_line_containing("broker listening on", Duration::from_secs(30))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("the broker's address");
+    let addr: SocketAddr = if nats {
+        broker
+            .wait_line_containing(
+                "Listening for client connections on",
+                Duration::from_secs(30),
+            )
+            .and_then(|rest| rest.split_whitespace().last()?.parse().ok())
+            .expect("nats-server's address")
+    } else {
+        broker
+            .wait_line_containing("broker listening on", Duration::from_secs(30))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .expect("the broker's address")
+    };
     let pid = broker.pid();
     let rss_start = vm_kib(pid, "VmRSS:");
 
@@ -447,11 +479,16 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
     // One more stats line, from after everything (they come every second).
     w.run(&mut broker, Duration::from_millis(1100));
     let last = w.last_stats.clone();
-    let longest_us = stat(&last, "longest turn").expect("a stats line from the broker");
+    // nats-server prints no turns (it has none: a goroutine per connection).
+    let longest_us = stat(&last, "longest turn");
+    assert!(nats || longest_us.is_some(), "a stats line from the broker");
     let hwm = vm_kib(pid, "VmHWM:");
     let rss_end = vm_kib(pid, "VmRSS:");
     let broker_alive = broker.child.try_wait().expect("broker status").is_none();
     drop(broker);
+    if nats {
+        let _ = std::fs::remove_file(nats_conf());
+    }
 
     // ---- figures
     let mut errors = Vec::new();
@@ -605,10 +642,12 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
          end; bound {} KiB = {why}",
         bound / KIB
     );
-    println!(
-        "turns: the longest {longest_us} µs by the wall clock; the machine stalled the probe \
-         for up to {stall_us} µs, so the bound is {turn_limit_us} µs"
-    );
+    if let Some(longest_us) = longest_us {
+        println!(
+            "turns: the longest {longest_us} µs by the wall clock; the machine stalled the \
+             probe for up to {stall_us} µs, so the bound is {turn_limit_us} µs"
+        );
+    }
     println!(
         "healthy p99 quiet {:?}, attack {:?} (limit 2 × quiet + 2 × the probe's rise \
          {probe_rise:?} = {p99_limit:?}); PINGs answered by healthy peers {pings_answered}",
@@ -652,11 +691,18 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
         let bytes = v.iter().find(|(k, _)| *k == "bytes").map_or(0, |(_, x)| *x);
         assert!(bytes > 0, "the {name} attack sent nothing");
     }
+    if nats {
+        // The comparison: the same healthy peers and attacks against nats-server, for its
+        // figures. Its memory (a Go runtime) and its timing are printed, not judged.
+        println!("nats-server under the same attack: see the figures above");
+        return;
+    }
     assert!(
         hwm * KIB <= bound,
         "broker peak RSS {hwm} KiB > bound {} KiB ({why})",
         bound / KIB
     );
+    let longest_us = longest_us.unwrap_or(u64::MAX);
     let timing = [
         (
             longest_us < turn_limit_us,
@@ -686,6 +732,41 @@ fn broker_under_hostile_peers_keeps_memory_turns_and_healthy_latency_bounded() {
              HEARTLOOP_HOSTILE_STRICT=1 asserts it): {what}\n"
         );
     }
+}
+
+/// Where [`nats_server_command`] writes its config (removed after the run).
+fn nats_conf() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("heartloop-soak-nats-{}.conf", std::process::id()))
+}
+
+/// `nats-server` (`HEARTLOOP_HOSTILE_SERVER=nats-server`) with the broker's limits:
+/// listening on a free port of 127.0.0.1, from a config file in the temporary directory.
+/// `None` if it is not installed. It has no `--sndbuf`: its sockets keep the kernel's
+/// buffers.
+fn nats_server_command() -> Option<Command> {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let conf = nats_conf();
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\nmax_pending: {MAX_PENDING}\n\
+             write_deadline: \"10s\"\n"
+        ),
+    )
+    .expect("write the nats-server config");
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c").arg(&conf);
+    Some(cmd)
 }
 
 #[test]
