@@ -323,6 +323,13 @@ impl Reactor {
 
     pub(super) fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
+        if dirty.len() > 1 {
+            // Shortest queues first: over loopback a large write also runs the receiver's
+            // side of the transfer in this thread, and a small reply queued behind it waited
+            // for that (the broker's hostile soak: healthy p99 under attack ~15% lower).
+            let table = &self.table;
+            dirty.sort_by_cached_key(|&id| table.conn(id).map_or(0, |c| c.out.queued()));
+        }
         for id in dirty.drain(..) {
             let Some(c) = self.table.conn_mut(id) else {
                 continue;
