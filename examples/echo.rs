@@ -283,39 +283,12 @@ fn main() -> std::io::Result<()> {
                 }
                 Event::Disconnected { conn, cause } => log::info!("{conn} disconnected: {cause}"),
                 Event::Timer { .. } => {
-                    let s = reactor.stats();
-                    let d = s.disconnects;
-                    eprintln!(
-                        "stats: open {} accepted {} read {} B written {} B queued {} B (peak {}) \
-                         turns {} longest turn {} us disconnects {} (reset {}, peer closed {}, \
-                         slow peer {}, protocol {}, heartbeat {}, other {}) sends refused {}{}",
-                        s.open_connections,
-                        s.accepted,
-                        s.bytes_read,
-                        s.bytes_written,
-                        s.bytes_queued,
-                        s.bytes_queued_peak,
-                        s.turns,
-                        s.longest_turn_us,
-                        d.total(),
-                        d.reset,
-                        d.peer_closed,
-                        d.slow_peer,
-                        d.protocol,
-                        d.heartbeat_timeout,
-                        d.total()
-                            - d.reset
-                            - d.peer_closed
-                            - d.slow_peer
-                            - d.protocol
-                            - d.heartbeat_timeout,
-                        s.sends_rejected,
-                        if turn_cpu {
-                            worst.describe()
-                        } else {
-                            String::new()
-                        },
-                    );
+                    let cpu = if turn_cpu {
+                        worst.describe()
+                    } else {
+                        String::new()
+                    };
+                    eprintln!("stats: {}{cpu}", reactor.stats());
                     if let Some(every) = stats {
                         reactor.set_timer(every, 0);
                     }

@@ -210,3 +210,42 @@ impl std::iter::Sum for Stats {
         iter.fold(Stats::default(), |a, b| a + b)
     }
 }
+
+/// One line of the counters a person watches, for logs and `--stats` output:
+/// `open N accepted N read N B written N B queued N B (peak N) turns N longest turn N us
+/// disconnects N (reset N, peer closed N, slow peer N, protocol N, heartbeat N, other N)
+/// sends refused N`. Each figure follows its name, so a line can be taken apart by name.
+///
+/// ```
+/// let line = heartloop::Stats::default().to_string();
+/// assert!(line.starts_with("open 0 accepted 0 read 0 B"));
+/// assert!(line.contains("longest turn 0 us"));
+/// ```
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.disconnects;
+        let named = d.reset + d.peer_closed + d.slow_peer + d.protocol + d.heartbeat_timeout;
+        write!(
+            f,
+            "open {} accepted {} read {} B written {} B queued {} B (peak {}) turns {} \
+             longest turn {} us disconnects {} (reset {}, peer closed {}, slow peer {}, \
+             protocol {}, heartbeat {}, other {}) sends refused {}",
+            self.open_connections,
+            self.accepted,
+            self.bytes_read,
+            self.bytes_written,
+            self.bytes_queued,
+            self.bytes_queued_peak,
+            self.turns,
+            self.longest_turn_us,
+            d.total(),
+            d.reset,
+            d.peer_closed,
+            d.slow_peer,
+            d.protocol,
+            d.heartbeat_timeout,
+            d.total().saturating_sub(named),
+            self.sends_rejected,
+        )
+    }
+}
