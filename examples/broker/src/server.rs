@@ -863,19 +863,22 @@ impl Server {
                 continue;
             };
             c.yielded = false;
+            if c.closing {
+                // Cut or closing, it reads nothing more, but the publish it started still
+                // reaches every subscriber (a budget's worth per turn); then, gone, it goes.
+                self.finish_fan_out(key, conn);
+                continue;
+            }
             if c.gone.is_some() {
-                if !c.closing {
-                    self.process(key, false);
-                }
+                self.process(key, false);
                 let c = &self.clients[key];
-                if c.closing || !c.yielded {
-                    // Its input is done (or ended in a protocol error): now it goes.
+                if c.closing {
+                    self.finish_fan_out(key, conn);
+                } else if !c.yielded {
+                    // Its input is done: now it goes.
                     let cause = self.clients[key].gone.take().unwrap_or(Cause::Closed);
                     self.remove_client(key, conn, cause);
                 }
-                continue;
-            }
-            if c.closing {
                 continue;
             }
             if c.held_by.is_none() {
@@ -889,6 +892,21 @@ impl Server {
                     let _ = self.reactor.resume_reading(c.conn);
                 }
             }
+        }
+    }
+
+    /// A closing client's unfinished fan-out: a budget's worth now, the rest in later turns
+    /// (it stays on the yielded list); once done, if its connection is gone, it is removed.
+    fn finish_fan_out(&mut self, key: usize, conn: ConnId) {
+        self.resume_fan_out(key, true);
+        let c = &mut self.clients[key];
+        if c.fanout.is_some() {
+            if !c.yielded {
+                c.yielded = true;
+                self.yielded.push((key, conn));
+            }
+        } else if let Some(cause) = c.gone.take() {
+            self.remove_client(key, conn, cause);
         }
     }
 
@@ -918,8 +936,14 @@ impl Server {
             if !may_hold {
                 self.hold = None;
             }
-            let c = &self.clients[key];
+            let c = &mut self.clients[key];
             if c.closing {
+                // Cut while its publish was being delivered (by its own echo, say): the rest
+                // of the fan-out still goes out, from the yielded list.
+                if c.fanout.is_some() && !c.yielded {
+                    c.yielded = true;
+                    self.yielded.push((key, c.conn));
+                }
                 break;
             }
             let spent = c.fanout.is_some() || self.turn_spent();
@@ -1719,7 +1743,7 @@ impl Server {
         // processes every read before it sees the end), a budget's worth per turn like
         // any other client's, and then it is removed (`resume_yielded`).
         let c = &mut self.clients[key];
-        if !c.closing && (c.yielded || c.held_by.is_some() || c.fanout.is_some()) {
+        if c.fanout.is_some() || (!c.closing && (c.yielded || c.held_by.is_some())) {
             c.gone = Some(cause);
             c.held_by = None;
             c.held_at = None;
