@@ -305,6 +305,8 @@ impl Reactor {
     fn check_shut_down(&mut self) {
         if self.shutting_down && !self.shut_down && self.open_connections() == 0 {
             self.shut_down = true;
+            // Every socket closed, as `ShutDown` says, even if the owner stops polling now.
+            self.graves.clear();
             self.pending.push(Event::ShutDown);
         }
     }

@@ -8,7 +8,8 @@
 //! `Disconnected` is reported in the same turn, its memory freed). The first
 //! [`MIN_PER_TURN`] sockets of a turn (from one poll to the next) are closed at once; the
 //! rest wait here and are shut down and closed at the start of the next polls, [`SLICE`]
-//! of them per poll (at least [`MIN_PER_TURN`], at most [`MAX_PER_TURN`]). Until then the
+//! of them per poll (at least [`MIN_PER_TURN`], at most [`MAX_PER_TURN`]); at most
+//! [`MAX_WAITING`] wait, the ones beyond are closed at once. Until then the
 //! peer sees nothing new; events the poll still reports for such a socket name a table
 //! entry that is gone and are ignored.
 
@@ -25,6 +26,10 @@ pub(super) const SLICE: Duration = Duration::from_micros(200);
 /// Sockets closed per turn whatever the clock says (a manual clock does not move).
 pub(super) const MIN_PER_TURN: usize = 8;
 pub(super) const MAX_PER_TURN: usize = 256;
+/// Most sockets waiting to be closed: beyond it a socket is closed at once (under a
+/// sustained churn of short connections the queue would otherwise grow by what one turn
+/// accepts minus what one poll closes, each waiting socket holding a descriptor).
+pub(super) const MAX_WAITING: usize = 1024;
 
 /// A socket whose connection ended, waiting to be closed.
 #[derive(Debug)]
@@ -39,7 +44,8 @@ impl Reactor {
     /// Close an ended connection's socket now, or queue it (see the module docs).
     pub(super) fn bury(&mut self, sock: Stream, graceful: bool) {
         let g = Grave { sock, graceful };
-        if self.closed_now < MIN_PER_TURN && self.graves.is_empty() {
+        let at_once = self.closed_now < MIN_PER_TURN && self.graves.is_empty();
+        if at_once || self.graves.len() >= MAX_WAITING {
             self.closed_now += 1;
             drop(g);
         } else {
