@@ -598,3 +598,43 @@ fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
     }
     eprintln!("{closed_after_one} of {N} closed in the first turn, all after {turns} turns");
 }
+
+/// Regression: sockets waiting to be closed had no bound: under a churn of short
+/// connections the queue grew with every turn (a turn accepts up to 256, a poll closes
+/// ~15), each waiting socket holding a descriptor. At most 1,024 wait now; beyond that a
+/// socket is closed at once.
+#[test]
+fn at_most_1024_sockets_wait_to_be_closed() {
+    use std::io::{ErrorKind, Read};
+    let _s = serial();
+    const N: usize = 1_200;
+    let (mut r, addr) = listening(ConnConfig::default());
+    let mut log = Vec::new();
+    let mut peers = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let p = TcpStream::connect(addr).unwrap();
+        p.set_nonblocking(true).unwrap();
+        peers.push(p);
+        conns.push(accept_one_more(&mut r, addr, &mut log));
+    }
+    // All closed between two polls: the first 8 at once, then 1,024 wait, the rest at once.
+    for &c in &conns {
+        r.close(c).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fins = 0;
+    for p in &mut peers {
+        let mut b = [0u8; 16];
+        match p.read(&mut b) {
+            Ok(0) => fins += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            other => panic!("a peer saw {other:?}"),
+        }
+    }
+    assert!(
+        fins >= N - 1024,
+        "{fins} of {N} closed before the next poll: more than 1,024 wait"
+    );
+    assert!(fins < N, "all {N} closed at once");
+}
