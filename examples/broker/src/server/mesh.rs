@@ -297,13 +297,17 @@ impl Server {
             // The inbox stays announced; `mesh_resume` comes back to it.
             return;
         }
-        let mut batches = std::mem::take(&mut self.mesh.drained);
-        self.mesh.inbox.drain(&mut batches, DRAIN_MAX);
-        for b in batches.drain(..) {
-            let work = (b.from, b.mails.into_iter(), b.bytes, b.gauge);
-            self.mesh.work.push_back(work);
+        // Only once what was taken is done: what waits stays in the inbox, whose bound
+        // then pushes back on the peers (see `INBOX_CAPACITY`).
+        if self.mesh.work.is_empty() {
+            let mut batches = std::mem::take(&mut self.mesh.drained);
+            self.mesh.inbox.drain(&mut batches, DRAIN_MAX);
+            for b in batches.drain(..) {
+                let work = (b.from, b.mails.into_iter(), b.bytes, b.gauge);
+                self.mesh.work.push_back(work);
+            }
+            self.mesh.drained = batches;
         }
-        self.mesh.drained = batches;
         while let Some((from, mails, _, _)) = self.mesh.work.front_mut() {
             let from = *from;
             let Some(mail) = mails.next() else {
@@ -325,9 +329,11 @@ impl Server {
         }
     }
 
-    /// Whether mail taken from the inbox waits to be processed (and is not stalled).
+    /// Whether mail waits to be processed, taken from the inbox or not (and the mesh is not
+    /// stalled). The inbox does not announce itself again while its last drain is being
+    /// worked through, so the loop comes back to it.
     pub(super) fn mesh_pending(&self) -> bool {
-        self.mesh.stall.is_none() && !self.mesh.work.is_empty()
+        self.mesh.stall.is_none() && (!self.mesh.work.is_empty() || !self.mesh.inbox.is_empty())
     }
 
     /// A stalled mesh goes on once its subscriber drained below half its `max_pending`,
