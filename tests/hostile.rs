@@ -521,6 +521,46 @@ fn send_buffer_bounds_what_the_kernel_holds_for_a_peer_that_does_not_read() {
     assert_eq!(r.queued(conn), Some(4 * MIB - written));
 }
 
+/// `n` nonblocking peers, each with the connection the reactor accepted for it (matched
+/// by address), in order.
+fn accepted_peers(
+    r: &mut Reactor,
+    addr: SocketAddr,
+    log: &mut Vec<Event>,
+    n: usize,
+) -> (Vec<TcpStream>, Vec<ConnId>) {
+    let mut peers = Vec::with_capacity(n);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let p = TcpStream::connect(addr).unwrap();
+        p.set_nonblocking(true).unwrap();
+        let local = p.local_addr().unwrap();
+        let (ev, _) = expect_event(
+            r,
+            log,
+            Duration::from_secs(5),
+            "Accepted",
+            |e| matches!(e, Event::Accepted { peer, .. } if *peer == local),
+        );
+        conns.push(ev.conn().expect("conn"));
+        peers.push(p);
+    }
+    (peers, conns)
+}
+
+/// Whether the server's FIN reached this nonblocking peer (it sends nothing else; an
+/// error, a reset included, fails the test).
+fn saw_fin(p: &mut TcpStream) -> bool {
+    use std::io::{ErrorKind, Read};
+    let mut b = [0u8; 64];
+    match p.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => panic!("the server sent nothing"),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("a peer saw {e} instead of a FIN"),
+    }
+}
+
 /// Regression: `close` shut down and closed the socket at once, and the kernel's share of
 /// a TCP close over loopback (~15 µs) runs in the caller: an owner that closed 300
 /// connections in one turn (a slowloris crowd whose process exited) held every other
@@ -529,19 +569,11 @@ fn send_buffer_bounds_what_the_kernel_holds_for_a_peer_that_does_not_read() {
 /// per turn; every peer still sees its FIN (no reset), and nothing is lost.
 #[test]
 fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
-    use std::io::{ErrorKind, Read};
     let _s = serial();
     const N: usize = 300;
     let (mut r, addr) = listening(ConnConfig::default());
     let mut log = Vec::new();
-    let mut peers = Vec::new();
-    let mut conns = Vec::new();
-    for _ in 0..N {
-        let p = TcpStream::connect(addr).unwrap();
-        p.set_nonblocking(true).unwrap();
-        peers.push(p);
-        conns.push(accept_one_more(&mut r, addr, &mut log));
-    }
+    let (mut peers, conns) = accepted_peers(&mut r, addr, &mut log, N);
     // Each sends a little the server never reads: closing without reading it first
     // would be a reset, not a FIN.
     for p in &mut peers {
@@ -559,22 +591,8 @@ fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
         .count();
     assert_eq!(ended, N, "every Disconnected in the turn after the closes");
     // Which peers saw their FIN after that one turn.
-    let fin = |p: &mut TcpStream| -> Option<bool> {
-        let mut b = [0u8; 64];
-        match p.read(&mut b) {
-            Ok(0) => Some(true),
-            Ok(_) => panic!("the server sent nothing"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Some(false),
-            Err(e) => panic!("a peer saw {e} instead of a FIN"),
-        }
-    };
     std::thread::sleep(Duration::from_millis(20));
-    let mut closed_after_one = 0;
-    for p in &mut peers {
-        if fin(p) == Some(true) {
-            closed_after_one += 1;
-        }
-    }
+    let closed_after_one = peers.iter_mut().map(saw_fin).filter(|&f| f).count();
     assert!(
         closed_after_one < N,
         "all {N} sockets were closed in one turn"
@@ -594,7 +612,7 @@ fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
         );
         r.poll(&mut log, Some(Duration::from_millis(1))).unwrap();
         turns += 1;
-        open.retain(|&i| fin(&mut peers[i]) != Some(true));
+        open.retain(|&i| !saw_fin(&mut peers[i]));
     }
     eprintln!("{closed_after_one} of {N} closed in the first turn, all after {turns} turns");
 }
@@ -605,33 +623,17 @@ fn mass_closes_are_spread_over_turns_and_every_peer_sees_its_fin() {
 /// socket is closed at once.
 #[test]
 fn at_most_1024_sockets_wait_to_be_closed() {
-    use std::io::{ErrorKind, Read};
     let _s = serial();
     const N: usize = 1_200;
     let (mut r, addr) = listening(ConnConfig::default());
     let mut log = Vec::new();
-    let mut peers = Vec::new();
-    let mut conns = Vec::new();
-    for _ in 0..N {
-        let p = TcpStream::connect(addr).unwrap();
-        p.set_nonblocking(true).unwrap();
-        peers.push(p);
-        conns.push(accept_one_more(&mut r, addr, &mut log));
-    }
+    let (mut peers, conns) = accepted_peers(&mut r, addr, &mut log, N);
     // All closed between two polls: the first 8 at once, then 1,024 wait, the rest at once.
     for &c in &conns {
         r.close(c).unwrap();
     }
     std::thread::sleep(Duration::from_millis(50));
-    let mut fins = 0;
-    for p in &mut peers {
-        let mut b = [0u8; 16];
-        match p.read(&mut b) {
-            Ok(0) => fins += 1,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            other => panic!("a peer saw {other:?}"),
-        }
-    }
+    let fins = peers.iter_mut().map(saw_fin).filter(|&f| f).count();
     assert!(
         fins >= N - 1024,
         "{fins} of {N} closed before the next poll: more than 1,024 wait"
