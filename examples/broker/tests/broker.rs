@@ -1814,6 +1814,24 @@ fn parse_pieces(
     parse_pieces_with(parser::Parser::new(max_payload), input, cuts)
 }
 
+/// `input` cut into pieces of the lengths in `cuts` (each at least 1 byte), the rest in
+/// one piece once `cuts` runs out.
+fn pieces<'a>(input: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> {
+    let mut at = 0;
+    let mut cuts = cuts.iter().copied();
+    std::iter::from_fn(move || {
+        if at >= input.len() {
+            return None;
+        }
+        let n = cuts
+            .next()
+            .unwrap_or(input.len())
+            .clamp(1, input.len() - at);
+        at += n;
+        Some(&input[at - n..at])
+    })
+}
+
 /// The same with a given parser (the leaf dialect: `Parser::leaf`).
 fn parse_pieces_with(
     mut p: parser::Parser,
@@ -1821,15 +1839,8 @@ fn parse_pieces_with(
     cuts: &[usize],
 ) -> (Vec<parser::Op>, Option<parser::ParseError>) {
     let mut ops = Vec::new();
-    let mut at = 0;
-    let mut cuts = cuts.iter().copied();
-    while at < input.len() {
-        let n = cuts
-            .next()
-            .unwrap_or(input.len())
-            .clamp(1, input.len() - at);
-        p.push(Bytes::copy_from_slice(&input[at..at + n]));
-        at += n;
+    for piece in pieces(input, cuts) {
+        p.push(Bytes::copy_from_slice(piece));
         loop {
             match p.next() {
                 Ok(Some(op)) => ops.push(op),
@@ -1847,16 +1858,9 @@ fn parse_pieces_with(
 fn parse_ahead(input: &[u8], cuts: &[usize], takes: &[usize]) -> Vec<parser::Op> {
     let mut p = parser::Parser::new(1 << 20);
     let mut ops = Vec::new();
-    let mut at = 0;
-    let mut cuts = cuts.iter().copied();
     let mut takes = takes.iter().copied();
-    while at < input.len() {
-        let n = cuts
-            .next()
-            .unwrap_or(input.len())
-            .clamp(1, input.len() - at);
-        p.push(Bytes::copy_from_slice(&input[at..at + n]));
-        at += n;
+    for piece in pieces(input, cuts) {
+        p.push(Bytes::copy_from_slice(piece));
         for _ in 0..takes.next().unwrap_or(0) {
             match p.next() {
                 Ok(Some(op)) => ops.push(op),
