@@ -152,6 +152,14 @@ fn subscribe_many(sub: &mut Raw, subject: &str, n: usize) {
     assert_eq!(sub.sync(), Vec::<String>::new());
 }
 
+/// `n` publishes to `subject` whose payloads are their numbers 0..n (what
+/// [`expect_each_once`] checks).
+fn numbered_publishes(subject: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("PUB {subject} {}\r\n{i}\r\n", i.to_string().len()))
+        .collect()
+}
+
 /// Messages 0..`pubs` (the payload is the number), each to every one of `subs` sids
 /// exactly once, each message's deliveries before the next's.
 #[track_caller]
@@ -1102,8 +1110,9 @@ fn a_publish_to_many_subscriptions_is_split_across_turns_and_loses_nothing() {
 /// A publisher that resets its connection right after a burst of publishes, each to 2,000
 /// subscriptions: its connection ends while most of that work waits for later turns. The
 /// rest was done in the turn of its end, in one piece (600,000 deliveries here: a turn
-/// of 23 ms in release, 283 ms in debug, for every other client; 0.3 ms now). What it sent before it went is still
-/// delivered, every message once and in order, a turn's budget at a time.
+/// of 23 ms in release, 283 ms in debug, for every other client; 0.3 ms now). What it
+/// sent before it went is still delivered, every message once and in order, a turn's
+/// budget at a time.
 #[test]
 fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing() {
     // Timed by the broker's wall clock: not beside the other heavy timed test.
@@ -1116,10 +1125,10 @@ fn a_publisher_gone_with_work_pending_is_finished_over_turns_and_loses_nothing()
     let p = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     p.connect(&addr.into()).unwrap();
     let mut p: TcpStream = p.into();
-    let mut burst = String::from("CONNECT {\"verbose\":false}\r\n");
-    for i in 0..PUBS {
-        burst.push_str(&format!("PUB amp {}\r\n{i}\r\n", i.to_string().len()));
-    }
+    let burst = format!(
+        "CONNECT {{\"verbose\":false}}\r\n{}",
+        numbered_publishes("amp", PUBS)
+    );
     p.write_all(burst.as_bytes()).unwrap();
     // Its INFO unread: the close is a reset.
     socket2::SockRef::from(&p)
@@ -1161,10 +1170,10 @@ fn mail_from_another_reactor_takes_a_turns_budget_and_loses_nothing() {
     let mut sub = Raw::connect_on(addr, 1, 2);
     subscribe_many(&mut sub, "amp", SUBS);
     let mut p = Raw::connect_on(addr, 0, 2);
-    let mut burst = String::from("CONNECT {\"verbose\":false}\r\n");
-    for i in 0..PUBS {
-        burst.push_str(&format!("PUB amp {}\r\n{i}\r\n", i.to_string().len()));
-    }
+    let burst = format!(
+        "CONNECT {{\"verbose\":false}}\r\n{}",
+        numbered_publishes("amp", PUBS)
+    );
     p.send(burst.as_bytes());
     expect_each_once(&mut sub, PUBS, SUBS);
     assert_eq!(sub.sync(), Vec::<String>::new(), "nothing more");
