@@ -53,11 +53,12 @@ impl Reactor {
         }
     }
 
-    /// Close queued sockets for up to [`SLICE`]. Whether any are left.
-    pub(super) fn close_buried(&mut self) -> bool {
+    /// Close queued sockets for up to [`SLICE`] (`next_timeout` is zero while any are
+    /// left).
+    pub(super) fn close_buried(&mut self) {
         self.closed_now = 0;
         if self.graves.is_empty() {
-            return false;
+            return;
         }
         let started = self.clock.now();
         for n in 0..MAX_PER_TURN {
@@ -68,7 +69,6 @@ impl Reactor {
                 break;
             }
         }
-        !self.graves.is_empty()
     }
 }
 
